@@ -1,0 +1,9 @@
+"""Backbones, heads and the Classifier that joins them."""
+from .backbones import Backbone, create_backbone, list_backbones
+from .classifier import Classifier, ModelConfig, create_model, model_info
+from .heads import HEADS, Head, create_head
+
+__all__ = [
+    "Backbone", "create_backbone", "list_backbones", "Classifier", "ModelConfig", "create_model", "model_info",
+    "HEADS", "Head", "create_head",
+]

@@ -1,0 +1,141 @@
+"""Classifier = Backbone + Head, and ``create_model``: the one way every command builds a network."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .backbones import Backbone, create_backbone
+from .heads import Head, create_head
+
+FREEZE = ("none", "backbone", "bn")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a Classifier (stored in config.json as ``model``)."""
+
+    model: str = "gapcnn"
+    head: str = "gap"
+    num_classes: int = 2
+    in_channels: int = 3
+    img_size: int = 64
+    dropout: float = 0.0
+    hidden: int = 256
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class Classifier(nn.Module):
+    """``forward(x) == head(backbone(x))``; ``features(x)`` is the backbone's C x h x w map."""
+
+    def __init__(self, backbone: Backbone, head: Head, config: ModelConfig | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = config
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def feature_size(backbone: nn.Module, in_channels: int, img_size: int) -> tuple[int, int]:
+    """The backbone's output map size for a square ``img_size`` input (one dry run on zeros)."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(torch.zeros(1, in_channels, img_size, img_size))
+    except RuntimeError as e:  # e.g. too small an input for this backbone
+        raise ConfigError(
+            f"--img-size {img_size} is too small for this backbone ({str(e).splitlines()[0]}); use a larger --img-size"
+        ) from None
+    finally:
+        backbone.train(was_training)
+    return int(out.shape[-2]), int(out.shape[-1])
+
+
+def create_model(
+    model: str = "gapcnn",
+    head: str = "gap",
+    num_classes: int = 2,
+    *,
+    in_channels: int = 3,
+    img_size: int = 64,
+    dropout: float = 0.0,
+    hidden: int = 256,
+    weights: str | None = None,
+    freeze: str = "none",
+    verbose: bool = False,
+) -> Classifier:
+    """Build ``model`` (a backbone name) with a ``head`` for ``num_classes`` classes.
+
+    ``weights`` (a .pth/.safetensors file, a gapvision run directory or ``torchvision:DEFAULT``) are loaded where
+    names and shapes match; ``freeze`` is ``none``, ``backbone`` or ``bn`` (BatchNorm statistics fixed).
+    """
+    cfg = ModelConfig(model, head, int(num_classes), int(in_channels), int(img_size), float(dropout), int(hidden))
+    backbone = create_backbone(model, in_channels=in_channels)
+    fsize = feature_size(backbone, in_channels, img_size)
+    h = create_head(
+        head,
+        backbone.out_channels,
+        num_classes,
+        dropout=dropout,
+        feature_size=fsize,
+        hidden=hidden,
+        conv_relu=getattr(backbone, "conv_head_relu", False),
+    )
+    net = Classifier(backbone, h, cfg)
+    if weights:
+        from .weights import load_weights
+
+        report = load_weights(net, weights)
+        if verbose:
+            print(report.summary())
+    set_freeze(net, freeze)
+    return net
+
+
+def set_freeze(net: Classifier, freeze: str) -> None:
+    """Apply ``--freeze``: ``backbone`` stops gradients and BN updates in the backbone; ``bn`` fixes BN statistics."""
+    if freeze not in FREEZE:
+        raise ConfigError(f"unknown --freeze {freeze!r}: choose {', '.join(FREEZE)}")
+    net.freeze = freeze  # type: ignore[assignment]
+    if freeze == "backbone":
+        for p in net.backbone.parameters():
+            p.requires_grad_(False)
+
+
+def apply_freeze_mode(net: nn.Module) -> None:
+    """Call after ``net.train()``: puts frozen BatchNorm layers back in eval mode so their statistics stay fixed."""
+    freeze = getattr(net, "freeze", "none")
+    if freeze == "none":
+        return
+    target: nn.Module = net.backbone if freeze == "backbone" else net  # type: ignore[assignment]
+    for m in target.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def count_params(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def model_info(net: Classifier) -> dict[str, Any]:
+    return {
+        "head_params": count_params(net.head),
+        "backbone_params": count_params(net.backbone),
+        "total_params": count_params(net),
+        "trainable_params": count_params(net, trainable_only=True),
+    }
