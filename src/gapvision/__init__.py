@@ -1,2 +1,24 @@
-"""gapvision: from a folder of images to a trained, explained CNN classifier with a selectable head."""
+"""gapvision: from a folder of images to a trained, explained CNN classifier with a selectable head.
+
+The Python API mirrors the CLI::
+
+    import gapvision as gv
+    splits = gv.load_data("builtin:shapes")
+    net = gv.create_model("resnet20", head="gap", num_classes=10)
+    run = gv.train("path/to/images", model="cifarcnn", head="gap", epochs=5)
+    run = gv.load_run("runs/...")
+    run.predict(["photo.jpg"])
+"""
 __version__ = "0.1.0"
+
+from .data import inspect_data, load_arrays, load_data, load_images  # noqa: E402
+from .errors import ConfigError, DataError, GapvisionError  # noqa: E402
+from .models import create_model  # noqa: E402
+from .models.summary import summarize  # noqa: E402
+from .runs import Run, load_run  # noqa: E402
+from .train.pipeline import evaluate, resume, train  # noqa: E402
+
+__all__ = [
+    "ConfigError", "DataError", "GapvisionError", "Run", "create_model", "evaluate", "inspect_data", "load_arrays",
+    "load_data", "load_images", "load_run", "resume", "summarize", "train", "__version__",
+]

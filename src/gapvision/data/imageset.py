@@ -73,7 +73,7 @@ class ImageSet:
         )
 
     def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.classes))
+        counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.classes))
         return {c: int(n) for c, n in zip(self.classes, counts)}
 
 

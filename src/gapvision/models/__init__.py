@@ -7,3 +7,8 @@ __all__ = [
     "Backbone", "create_backbone", "list_backbones", "Classifier", "ModelConfig", "create_model", "model_info",
     "HEADS", "Head", "create_head",
 ]
+
+from .summary import summarize, summary_stats  # noqa: E402
+from .weights import load_weights, read_state_dict  # noqa: E402
+
+__all__ += ["summarize", "summary_stats", "load_weights", "read_state_dict"]

@@ -56,7 +56,8 @@ def feature_size(backbone: nn.Module, in_channels: int, img_size: int) -> tuple[
     backbone.eval()
     try:
         with torch.no_grad():
-            out = backbone(torch.zeros(1, in_channels, img_size, img_size))
+            device = next(backbone.parameters()).device
+            out = backbone(torch.zeros(1, in_channels, img_size, img_size, device=device))
     except RuntimeError as e:  # e.g. too small an input for this backbone
         raise ConfigError(
             f"--img-size {img_size} is too small for this backbone ({str(e).splitlines()[0]}); use a larger --img-size"
@@ -112,9 +113,8 @@ def set_freeze(net: Classifier, freeze: str) -> None:
     if freeze not in FREEZE:
         raise ConfigError(f"unknown --freeze {freeze!r}: choose {', '.join(FREEZE)}")
     net.freeze = freeze  # type: ignore[assignment]
-    if freeze == "backbone":
-        for p in net.backbone.parameters():
-            p.requires_grad_(False)
+    for p in net.backbone.parameters():
+        p.requires_grad_(freeze != "backbone")
 
 
 def apply_freeze_mode(net: nn.Module) -> None:

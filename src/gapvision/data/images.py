@@ -1,0 +1,127 @@
+"""Decoding image files: the one place that touches image bytes.
+
+:func:`open_image` returns a fully decoded PIL image in one of the modes ``L``, ``LA``, ``P``, ``PA``, ``RGB`` or
+``RGBA`` (EXIF orientation applied, first frame of animations, 16-bit scaled to 8-bit, CMYK as RGB) or raises a
+one-line :class:`~gapvision.errors.DataError` that names the file and says what to do.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+
+#: Largest image (width x height) accepted; bigger files are treated as decompression bombs. Pillow's default
+#: (about 89 megapixels); override with the environment variable GAPVISION_MAX_IMAGE_PIXELS or
+#: :func:`set_max_image_pixels`.
+MAX_IMAGE_PIXELS: int = int(os.environ.get("GAPVISION_MAX_IMAGE_PIXELS", 89_478_485))
+
+_KEEP_MODES = {"L", "LA", "P", "PA", "RGB", "RGBA"}
+_GRAY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+_HINT = "fix or remove it, or pass --skip-bad"
+
+
+def set_max_image_pixels(n: int) -> None:
+    """Change the decompression-bomb limit (also moves Pillow's own hard limit, which is twice its setting)."""
+    global MAX_IMAGE_PIXELS
+    MAX_IMAGE_PIXELS = int(n)
+    Image.MAX_IMAGE_PIXELS = max(int(n), Image.MAX_IMAGE_PIXELS or 0)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for a non-hidden file whose extension is one of :data:`IMAGE_EXTENSIONS`."""
+    name = os.path.basename(os.fspath(path))
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file completely and normalise its mode (see the module docstring).
+
+    Raises DataError for a missing, empty, truncated, corrupt or non-image file and for images larger than
+    ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`).
+    """
+    path = Path(path)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    if not path.is_file():
+        raise DataError(f"image {path} not found: fix the path or remove it from the data")
+    if path.stat().st_size == 0:
+        raise DataError(f"image {path} is empty (0 bytes): {_HINT}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked below
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > limit:
+                    raise _bomb(path, w, h, limit)
+                if getattr(im, "n_frames", 1) > 1:
+                    im.seek(0)
+                im.load()
+                img = ImageOps.exif_transpose(im)  # a copy, detached from the file
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image {path} is too large ({e}): {_HINT}, or raise GAPVISION_MAX_IMAGE_PIXELS") from e
+    except UnidentifiedImageError as e:
+        raise DataError(f"{path} is not an image Pillow can read: {_HINT}") from e
+    except Exception as e:  # truncated or corrupt data: Pillow raises OSError, SyntaxError, ValueError, EOFError...
+        raise DataError(f"image {path} is unreadable ({type(e).__name__}: {e}): {_HINT}") from e
+    return _normalise_mode(img)
+
+
+def _bomb(path: Path, w: int, h: int, limit: int) -> DataError:
+    return DataError(
+        f"image {path} is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} (decompression bomb?): "
+        f"{_HINT}, or raise GAPVISION_MAX_IMAGE_PIXELS if it is genuine"
+    )
+
+
+def _normalise_mode(img: Image.Image) -> Image.Image:
+    """Map every Pillow mode onto L/LA/P/PA/RGB/RGBA; 16/32-bit and float grey are scaled (not clipped) to 8-bit."""
+    mode = img.mode
+    if mode in _KEEP_MODES:
+        return img
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_scale_to_uint8(np.asarray(img), mode), mode="L")
+    if mode == "1":
+        return img.convert("L")
+    if mode in ("La", "RGBa"):
+        return img.convert("LA" if mode == "La" else "RGBA")
+    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def _scale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a 16-bit, 32-bit or float grey image to 0..255 by its value range, not by clipping."""
+    a = arr.astype(np.float64)
+    if mode.startswith("I;16"):
+        scale_max = 65535.0
+    elif mode == "F" and a.size and a.min() >= 0 and a.max() <= 1.0:
+        scale_max = 1.0
+    else:
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo >= 0 and hi <= 255:
+            scale_max = 255.0
+        elif lo >= 0 and hi <= 65535:
+            scale_max = 65535.0
+        else:  # unusual range (negative or > 16 bits): stretch min..max
+            a = a - lo
+            scale_max = max(hi - lo, 1e-12)
+    return np.clip(np.rint(a * (255.0 / scale_max)), 0, 255).astype(np.uint8)
+
+
+def is_grayscale(img: Image.Image, tolerance: int = 6) -> bool:
+    """True for grey modes, or colour images whose channels are (nearly) equal on a small thumbnail."""
+    if img.mode in _GRAY_MODES:
+        return True
+    thumb = img.copy()
+    thumb.thumbnail((32, 32))
+    rgb = np.asarray(thumb.convert("RGB"), dtype=np.int16)
+    spread = np.abs(rgb[..., 0] - rgb[..., 1]).max(initial=0), np.abs(rgb[..., 1] - rgb[..., 2]).max(initial=0)
+    return max(spread) <= tolerance

@@ -1,0 +1,5 @@
+"""Imports the modules that add sub-commands to the CLI (each appends to ``cli.EXTENSIONS`` on import)."""
+import importlib
+
+for _name in ():  # filled in as commands are added, e.g. "compare", "localize.cli"
+    importlib.import_module(f"gapvision.{_name}")

@@ -1,0 +1,57 @@
+"""Figures written into run directories: loss/accuracy curves and the confusion matrix (matplotlib, Agg)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import atomic  # noqa: E402
+
+
+def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> None:
+    """Two panels: loss and accuracy per epoch, train vs validation."""
+    if not history:
+        return
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
+    a.plot(ep, [r["val_loss"] for r in history], "o-", label="validation")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    b.plot(ep, [r["train_acc"] for r in history], "o-", label="train")
+    b.plot(ep, [r["val_acc"] for r in history], "o-", label="validation")
+    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic.savefig(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix with counts; large class counts drop the per-cell text."""
+    cm = np.asarray(cm)
+    k = len(classes)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = min(14, 3 + 0.5 * k)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticklabels(classes)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                        color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    atomic.savefig(fig, path, dpi=100)
+    plt.close(fig)

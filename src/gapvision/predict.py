@@ -1,0 +1,72 @@
+"""Predictors: a run directory, or a pretrained backbone + weights + labels (ImageNet models) wrapped as a Run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .data.transforms import Preprocess, preset_stats
+from .errors import ConfigError, GapvisionError
+from .runs import Run, load_run
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Class names from a Keras-style ImageNet JSON index ({"0": ["n01440764", "tench"], ...}), a JSON list, or a
+    text file with one label per line."""
+    p = Path(path)
+    if not p.exists():
+        raise GapvisionError(f"--labels {p}: no such file")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GapvisionError(f"--labels {p}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        if isinstance(obj, list):
+            return [str(x) for x in obj]
+        if isinstance(obj, dict):
+            items = sorted(obj.items(), key=lambda kv: int(kv[0]))
+            return [v[-1] if isinstance(v, list) else str(v) for _, v in items]
+        raise GapvisionError(f"--labels {p}: expected a list or an index object")
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def pretrained_run(model: str, weights: str | None, labels: str | None, normalize: str = "imagenet",
+                   img_size: int | None = None, head: str | None = None) -> Run:
+    """A Run (no directory) around a pretrained backbone whose own classifier is loaded as the head."""
+    from .models import create_backbone, create_model
+
+    if not labels:
+        raise ConfigError("--model needs --labels (an ImageNet JSON index or a text file with one label per line)")
+    classes = read_labels(labels)
+    head = head or getattr(create_backbone(model), "default_head", "gap")
+    size = int(img_size or (227 if normalize == "caffe" else 224))
+    net = create_model(model, head, len(classes), in_channels=3, img_size=size, weights=weights).eval()
+    mean, std, bgr = preset_stats(normalize or "imagenet", 3)
+    pre = Preprocess(channels=3, img_size=size, mean=mean, std=std, bgr=bgr)
+    config = {"classes": classes, "preprocess": pre.to_dict(), "model": net.config.to_dict(),  # type: ignore[union-attr]
+              "model_options": {"weights": weights}}
+    return Run(None, config, model=net)
+
+
+def open_predictor(run_dir: str | None, *, model: str | None = None, weights: str | None = None,
+                   labels: str | None = None, normalize: str | None = None, img_size: int | None = None,
+                   head: str | None = None) -> Run:
+    """A run directory, or ``--model/--weights/--labels/--normalize`` for a pretrained network."""
+    if model:
+        return pretrained_run(model, weights, labels, normalize or "imagenet", img_size, head)
+    if not run_dir:
+        raise GapvisionError("give a RUN_DIR, or --model with --weights and --labels")
+    return load_run(run_dir)
+
+
+def format_table(results: list[dict]) -> str:
+    """A plain table: one line per image with its top classes and probabilities."""
+    lines = []
+    width = max((len(str(r["image"])) for r in results), default=5)
+    width = min(width, 60)
+    for r in results:
+        name = str(r["image"])
+        name = name if len(name) <= width else "..." + name[-(width - 3):]
+        tops = "  ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
+        lines.append(f"{name:<{width}}  {tops}")
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""All training hyperparameters in one readable dataclass (stored in config.json as ``train``)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("none", "cosine", "onecycle", "step")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd (Nesterov) and rmsprop
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10  # step schedule: decay every N epochs
+    step_gamma: float = 0.1
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
+    patience: int = 0  # early stopping on validation accuracy; 0 = off
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (on for CUDA) | on | off
+    channels_last: str = "auto"  # auto (on for CUDA) | on | off
+    workers: int = -1  # DataLoader workers; -1 = auto
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown --optimizer {self.optimizer!r}: choose {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown --schedule {self.schedule!r}: choose {', '.join(SCHEDULES)}")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0 (got {self.lr})")
+        for name in ("amp", "channels_last"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise ConfigError(f"--{name.replace('_', '-')} must be auto, on or off")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

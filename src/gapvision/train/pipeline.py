@@ -1,0 +1,275 @@
+"""The one pipeline every command reuses: source -> ImageSet -> batches -> Classifier -> Trainer -> run directory.
+
+``train()`` is what ``gapvision train`` calls; ``resume()``, ``evaluate()`` and the other commands reuse its parts.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..data.imageset import DataSplits, ImageSet
+from ..data.loaders import Batches, StreamingBatches
+from ..data.transforms import Preprocess, eval_transform, train_transform
+from ..errors import ConfigError, GapvisionError
+from ..models.classifier import Classifier, ModelConfig, create_model
+from ..plots import plot_confusion, plot_curves
+from ..runs import FORMAT_VERSION, Run, RunWriter, default_run_dir, load_checkpoint, load_run
+from . import metrics as M
+from .config import TrainConfig
+from .trainer import Trainer, resolve_device, seed_everything, set_deterministic
+
+
+@dataclass
+class DataOptions:
+    """Where the images come from and how they are prepared (stored in config.json as ``data``)."""
+
+    data: Any = "builtin:shapes"
+    val_split: float = 0.2
+    image_root: str | None = None
+    image_col: str | None = None
+    label_col: str | None = None
+    root: str | None = None
+    download: bool = False
+    skip_bad: bool = False
+    allow_outside_root: bool = False
+    channels: Any = "auto"
+    img_size: int | None = None
+    normalize: str = "auto"
+    augment: str = "basic"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if not isinstance(d["data"], (str, Path)):
+            d["data"] = "<arrays>"  # in-memory data from the Python API: pass it again to resume
+        return d
+
+    def load_kwargs(self) -> dict:
+        keys = ("val_split", "image_root", "image_col", "label_col", "root", "download", "skip_bad", "allow_outside_root")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class ModelOptions:
+    """How the network is built; ``weights``/``freeze`` matter only when training starts."""
+
+    model: str = "gapcnn"
+    head: str = "gap"
+    dropout: float = 0.0
+    hidden: int = 256
+    weights: str | None = None
+    freeze: str = "none"
+
+
+def split_options(options: dict[str, Any]) -> tuple[DataOptions, ModelOptions, TrainConfig]:
+    """Sort keyword options into data, model and training groups; an unknown name is a clear error."""
+    groups = (DataOptions, ModelOptions, TrainConfig)
+    names = [{f.name for f in fields(g)} for g in groups]
+    unknown = set(options) - set().union(*names)
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    built = [g(**{k: v for k, v in options.items() if k in n and v is not None}) for g, n in zip(groups, names)]
+    return built[0], built[1], built[2]  # type: ignore[return-value]
+
+
+def prepare_data(opts: DataOptions, seed: int = 0, preprocess: Preprocess | None = None) -> tuple[DataSplits, Preprocess]:
+    """Load the splits and settle channels, size and normalisation (or reuse a run's ``preprocess``)."""
+    from ..data.sources import load_data, resolve_preprocess
+
+    splits = load_data(opts.data, seed=seed, **opts.load_kwargs())
+    if preprocess is None:
+        channels = opts.channels if opts.channels == "auto" else int(opts.channels)
+        preprocess = resolve_preprocess(splits, channels=channels, img_size=opts.img_size, normalize=opts.normalize)
+    return splits, preprocess
+
+
+def make_batches(
+    images: ImageSet, pre: Preprocess, batch_size: int, *, train: bool = False, augment: str = "none", seed: int = 0,
+    workers: int = -1,
+) -> Batches:
+    """Batches of one split: shuffled and augmented for training, in order and plain otherwise."""
+    tf = train_transform(pre, augment) if train else eval_transform(pre)
+    return StreamingBatches(images, tf, batch_size, shuffle=train, seed=seed, workers=workers)
+
+
+def run_config(data: DataOptions, model: ModelOptions, mcfg: ModelConfig, pre: Preprocess, tcfg: TrainConfig,
+               classes: list[str], world_size: int = 1) -> dict:
+    """Everything config.json holds: enough to rebuild model, classes and transforms without other files."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "gapvision_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "data": data.to_dict(),
+        "preprocess": pre.to_dict(),
+        "model": mcfg.to_dict(),
+        "model_options": {"weights": model.weights, "freeze": model.freeze},
+        "train": tcfg.to_dict(),
+        "classes": list(classes),
+        "seed": tcfg.seed,
+        "world_size": world_size,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "device": str(resolve_device(tcfg.device))},
+    }
+
+
+def train(data: Any = "builtin:shapes", model: str = "gapcnn", head: str = "gap", *, out: str | Path | None = None,
+          **options: Any) -> Run:
+    """Train ``model`` with ``head`` on ``data`` and return the finished :class:`Run`.
+
+    ``options`` are any field of DataOptions (val_split, channels, img_size, normalize, augment, skip_bad...),
+    ModelOptions (dropout, hidden, weights, freeze) or TrainConfig (epochs, batch_size, optimizer, lr, seed...).
+    """
+    dopts, mopts, tcfg = split_options({"data": data, "model": model, "head": head, **options})
+    seed_everything(tcfg.seed)
+    set_deterministic(tcfg.deterministic)
+    splits, pre = prepare_data(dopts, tcfg.seed)
+    for note in splits.notes:
+        if not tcfg.quiet:
+            print(f"note: {note}")
+    net = create_model(mopts.model, mopts.head, len(splits.classes), in_channels=pre.channels, img_size=pre.img_size,
+                       dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze,
+                       verbose=not tcfg.quiet)
+    path = Path(out) if out else default_run_dir(mopts.model, mopts.head)
+    if (path / "checkpoint.pt").exists():
+        raise GapvisionError(f"{path} already holds a run: continue it with --resume {path}, or pick another --out")
+    writer = RunWriter(path)
+    config = run_config(dopts, mopts, net.config, pre, tcfg, splits.classes)  # type: ignore[arg-type]
+    writer.json("config.json", config)
+    return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config)
+
+
+def resume(run_dir: str | Path, data: Any = None, epochs: int | None = None, quiet: bool | None = None) -> Run:
+    """Continue an interrupted run from its last finished epoch (``epochs`` may extend it)."""
+    run = load_run(run_dir)
+    ckpt_path = Path(run_dir) / "checkpoint.pt"
+    if not ckpt_path.exists():
+        raise GapvisionError(f"{run_dir} has no checkpoint.pt to resume from (it never finished an epoch): start again")
+    config = run.config
+    dd = dict(config["data"])
+    if data is not None:
+        dd["data"] = data
+    elif dd["data"] == "<arrays>":
+        raise GapvisionError("this run was trained on in-memory arrays: pass them again with resume(run_dir, data=...)")
+    dopts = DataOptions(**dd)
+    tdict = dict(config["train"])
+    if epochs is not None:
+        tdict["epochs"] = int(epochs)
+    if quiet is not None:
+        tdict["quiet"] = quiet
+    tcfg = TrainConfig.from_dict(tdict)
+    set_deterministic(tcfg.deterministic)
+    splits, pre = prepare_data(dopts, tcfg.seed, preprocess=run.preprocess)
+    if list(splits.classes) != run.classes:
+        raise GapvisionError(f"the data's classes {splits.classes} differ from the run's {run.classes}")
+    net = create_model(**run.model_config.to_dict(), freeze=config.get("model_options", {}).get("freeze", "none"))
+    config["train"] = tcfg.to_dict()
+    writer = RunWriter(run_dir)
+    writer.json("config.json", config)
+    return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config, checkpoint=load_checkpoint(ckpt_path))
+
+
+def _fit_and_finish(net: Classifier, splits: DataSplits, pre: Preprocess, dopts: DataOptions, tcfg: TrainConfig,
+                    writer: RunWriter, config: dict, checkpoint: dict | None = None) -> Run:
+    bs = tcfg.batch_size
+    train_b = make_batches(splits.train, pre, bs, train=True, augment=dopts.augment, seed=tcfg.seed, workers=tcfg.workers)
+    val_b = make_batches(splits.val, pre, bs, workers=tcfg.workers)
+    trainer = Trainer(net, tcfg, writer=writer)
+    if checkpoint is not None:
+        trainer.load_checkpoint(checkpoint)
+        if not tcfg.quiet:
+            print(f"resuming {writer.path} after epoch {trainer.state.epoch}")
+    status = "finished"
+    try:
+        trainer.fit(train_b, val_b)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        finish(trainer, splits, pre, tcfg, writer, config, status)
+        raise GapvisionError(
+            f"interrupted after epoch {trainer.state.epoch}; the run is saved: continue with "
+            f"gapvision train --resume {writer.path}"
+        ) from None
+    except GapvisionError:
+        finish(trainer, splits, pre, tcfg, writer, config, "diverged")
+        raise
+    if trainer.state.stopped_early:
+        status = "stopped early"
+    finish(trainer, splits, pre, tcfg, writer, config, status)
+    if not tcfg.quiet:
+        print(f"run saved in {writer.path}")
+    return load_run(writer.path)
+
+
+def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainConfig, writer: RunWriter,
+           config: dict, status: str) -> dict:
+    """Evaluate the best weights on val (and test), write metrics.json and the figures."""
+    st = trainer.state
+    if not st.history or not (writer.path / "model.safetensors").exists():
+        return {}
+    from safetensors.torch import load_file
+
+    net = getattr(trainer.net, "module", trainer.net)
+    net.load_state_dict(load_file(str(writer.path / "model.safetensors")))
+    classes = list(splits.classes)
+    bs = tcfg.batch_size
+    val = trainer.evaluate(make_batches(splits.val, pre, bs, workers=tcfg.workers))
+    last = st.history[-1]
+    metrics: dict[str, Any] = {
+        "status": status,
+        "epochs_run": st.epoch,
+        "best_epoch": st.best_epoch,
+        "best_val_acc": round(st.best_val_acc, 6),
+        "final_val_acc": round(last["val_acc"], 6),
+        "final_train_acc": round(last["train_acc"], 6),
+        "final_val_loss": round(last["val_loss"], 6),
+        "best_val_loss": round(min(r["val_loss"] for r in st.history), 6),
+        "seconds": round(sum(r["seconds"] for r in st.history), 2),
+        "classes": classes,
+        "seed": tcfg.seed,
+        "val": M.summarize(val.targets, val.preds, classes, val.loss),
+    }
+    metrics["confusion_matrix"] = metrics["val"]["confusion_matrix"]
+    metrics["per_class"] = metrics["val"]["per_class"]
+    if splits.test is not None and len(splits.test):
+        test = trainer.evaluate(make_batches(splits.test, pre, bs, workers=tcfg.workers))
+        metrics["test"] = M.summarize(test.targets, test.preds, classes, test.loss)
+        metrics["test_acc"] = metrics["test"]["acc"]
+    writer.json("metrics.json", metrics)
+    if writer.enabled:
+        title = f"{config['model']['model']} + {config['model']['head']} head"
+        plot_curves(st.history, writer.path / "curves.png", title)
+        plot_confusion(metrics["confusion_matrix"], classes, writer.path / "confusion.png", f"validation ({title})")
+    return metrics
+
+
+def evaluate(run: Run | str | Path, data: Any, *, split: str | None = None, out: str | Path | None = None,
+             batch_size: int = 64, **load_opts: Any) -> dict:
+    """Metrics and a confusion matrix of a trained run on another dataset or split; written to ``out``.
+
+    A folder of class folders or a manifest is evaluated whole; a source with splits uses ``split`` (default test).
+    """
+    from ..data.sources import load_images
+
+    run = run if isinstance(run, Run) else load_run(run)
+    images = load_images(data, split=split or "test", classes=run.classes, **load_opts)
+    if not images.meta.get("labeled", True):
+        raise GapvisionError(f"{data} has no labels to evaluate against: use class folders or a manifest with labels")
+    trainer = Trainer(run.model, TrainConfig(quiet=True))
+    res = trainer.evaluate(make_batches(images, run.preprocess, batch_size))
+    result = {"data": str(data), "split": split or "all", **M.summarize(res.targets, res.preds, run.classes, res.loss)}
+    if out is None and run.path is not None:
+        out = run.path / "evaluations" / _slug(f"{data}-{split or 'all'}")
+    if out is not None:
+        writer = RunWriter(out)
+        writer.json("metrics.json", result)
+        plot_confusion(result["confusion_matrix"], run.classes, Path(out) / "confusion.png", f"{data}")
+        result["out"] = str(out)
+    return result
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s).strip("_")[-80:] or "eval"

@@ -1,0 +1,248 @@
+"""The training loop (there is one): epochs of optimisation and evaluation, checkpoints, early stopping, resume.
+
+The Trainer knows nothing about files or datasets: it takes batch sources (``epoch(e)`` / ``len``) and reports to an
+optional RunWriter. Everything random in epoch ``e`` is seeded from (seed, e), so resuming at an epoch boundary is exact.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.loaders import Batches, epoch_seed
+from ..errors import GapvisionError
+from ..models.classifier import apply_freeze_mode
+from ..runs import RunWriter
+from .config import TrainConfig
+from .optim import build_optimizer, lr_factor, set_lr
+
+
+class TrainingDiverged(GapvisionError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint must carry for an exact resume."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    targets: np.ndarray
+    preds: np.ndarray
+    probs: np.ndarray | None = None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GapvisionError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool) -> None:
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.benchmark = not on
+    torch.backends.cudnn.deterministic = on
+
+
+class Trainer:
+    """Fits ``net`` with ``cfg``; ``writer`` (optional) receives checkpoints, the best model and the history.
+
+    ``reduce`` (optional) sums metric tensors across processes (the DDP hook); ``on_epoch`` is called after each epoch.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        cfg: TrainConfig,
+        *,
+        writer: RunWriter | None = None,
+        device: torch.device | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        on_epoch: Callable[["Trainer", dict], None] | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.cfg = cfg
+        self.device = device or resolve_device(cfg.device)
+        cuda = self.device.type == "cuda"
+        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and cuda)
+        self.amp_dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
+        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
+        self.net = net.to(self.device)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(net, cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.writer = writer
+        self.reduce = reduce
+        self.on_epoch = on_epoch
+        self.log = (lambda s: None) if cfg.quiet else log
+        self.state = TrainState()
+
+    # -- batches ---------------------------------------------------------------------------------------------
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.reduce(t) if self.reduce is not None else t
+
+    # -- one epoch -------------------------------------------------------------------------------------------
+    def train_epoch(self, batches: Batches, epoch: int) -> tuple[float, float]:
+        cfg = self.cfg
+        net = self.net
+        net.train()
+        apply_freeze_mode(getattr(net, "module", net))
+        torch.manual_seed(epoch_seed(cfg.seed, epoch) + 1)  # dropout etc.
+        steps = len(batches)
+        stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=cfg.quiet,
+                   mininterval=0.5, dynamic_ncols=True)
+        for i, (x, y) in enumerate(batches.epoch(epoch)):
+            x, y = self._to_device(x, y)
+            set_lr(self.optimizer, cfg.lr * lr_factor(cfg, self.state.step, steps))
+            with self._autocast():
+                logits = net(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.clip_grad > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.state.step += 1
+            with torch.no_grad():
+                stats += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                                      torch.tensor(len(y), dtype=torch.float64, device=self.device)])
+            if i % 50 == 49 and not math.isfinite(float(stats[0])):
+                break
+            bar.update(1)
+        bar.close()
+        stats = self._sum(stats)
+        loss_sum, correct, count = (float(v) for v in stats)
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(
+                f"the training loss became {loss_sum} in epoch {epoch + 1}; stopped and kept the checkpoint of epoch "
+                f"{epoch}: lower --lr (now {cfg.lr}) or set --clip-grad"
+            )
+        return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def evaluate(self, batches: Batches, keep_probs: bool = False) -> EvalResult:
+        """Loss, accuracy and predictions over ``batches`` (no augmentation, eval mode)."""
+        net = self.net
+        net.eval()
+        loss_sum, targets, preds, probs = 0.0, [], [], []
+        with torch.inference_mode():
+            for x, y in batches.epoch(0):
+                x, y = self._to_device(x, y)
+                with self._autocast():
+                    logits = net(x).float()
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                targets.append(y.cpu())
+                preds.append(logits.argmax(1).cpu())
+                if keep_probs:
+                    probs.append(logits.softmax(1).cpu())
+        t = torch.cat(targets).numpy() if targets else np.zeros(0, np.int64)
+        p = torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+        stats = self._sum(torch.tensor([loss_sum, float((t == p).sum()), float(len(t))], dtype=torch.float64,
+                                       device=self.device))
+        loss_sum, correct, count = (float(v) for v in stats)
+        return EvalResult(loss_sum / max(count, 1), correct / max(count, 1), t, p,
+                          torch.cat(probs).numpy() if probs else None)
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def fit(self, train: Batches, val: Batches) -> TrainState:
+        """Train from ``self.state.epoch`` to ``cfg.epochs`` (or early stop). Ctrl-C leaves the last checkpoint."""
+        cfg, st = self.cfg, self.state
+        for epoch in range(st.epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            train_loss, train_acc = self.train_epoch(train, epoch)
+            ev = self.evaluate(val)
+            row = {
+                "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": ev.loss,
+                "val_acc": ev.acc, "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+            }
+            st.history.append(row)
+            st.epoch = epoch + 1
+            improved = ev.acc > st.best_val_acc
+            if improved:
+                st.best_val_acc, st.best_epoch, st.bad_epochs = ev.acc, epoch + 1, 0
+                if self.writer is not None:
+                    self.writer.model(self.net)
+            else:
+                st.bad_epochs += 1
+            st.stopped_early = bool(cfg.patience and st.bad_epochs >= cfg.patience and st.epoch < cfg.epochs)
+            self.save_checkpoint()
+            self.log(
+                f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+                f"val loss {ev.loss:.4f} acc {ev.acc:.4f}{'  *' if improved else ''}  {row['seconds']:.1f}s"
+            )
+            if self.on_epoch is not None:
+                self.on_epoch(self, row)
+            if st.stopped_early:
+                self.log(f"early stopping: no better validation accuracy for {cfg.patience} epochs")
+                break
+        return st
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        net = getattr(self.net, "module", self.net)
+        return {
+            "model": net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": asdict(self.state),
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.writer is not None:
+            self.writer.history(self.state.history)
+            self.writer.checkpoint(self.checkpoint_state())
+
+    def load_checkpoint(self, ckpt: dict) -> None:
+        net = getattr(self.net, "module", self.net)
+        net.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = TrainState(**ckpt["state"])
+        if "rng" in ckpt:
+            torch.set_rng_state(ckpt["rng"]["torch"])
+
