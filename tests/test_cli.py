@@ -68,3 +68,39 @@ def test_summary_prints_table(capsys):
     assert main(["summary", "--model", "gapcnn", "--head", "gap", "--num-classes", "4", "--img-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "head params" in out.lower()
+
+
+def test_tutorial_tsv_grayscale_manifest_trains_with_one_channel(tmp_path):
+    """The tutorial format: train_master.tsv (file_name<TAB>expression) beside a train/ folder of grayscale JPEGs."""
+    import gapvision as gv
+    from gapvision.data.builtin import make_shapes
+
+    x, y = make_shapes(48, size=32, seed=2)
+    names = ["angry", "happy", "neutral", "sad"]
+    (tmp_path / "train").mkdir()
+    lines = ["file_name\texpression"]
+    for i, (im, label) in enumerate(zip(x, y)):
+        Image.fromarray(im).convert("L").save(tmp_path / "train" / f"train_{i:04d}.jpg")
+        lines.append(f"train_{i:04d}.jpg\t{names[label]}")
+    (tmp_path / "train_master.tsv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "train_master.tsv"), "--model", "gapcnn", "--epochs", "1",
+                 "--channels", "auto", "--out", str(out), *COMMON]) == 0
+    run = gv.load_run(out)
+    assert run.preprocess.channels == 1 and run.model_config.in_channels == 1
+    assert run.classes == names
+
+
+def test_predict_with_pretrained_imagenet_model(shared_dir, capsys):
+    weights = shared_dir / "weights" / "mobilenet_v2-imagenet.pth"
+    labels = shared_dir / "labels" / "imagenet_class_index.json"
+    assert main(["predict", "--model", "mobilenet_v2", "--weights", str(weights), "--labels", str(labels),
+                 "--normalize", "half", str(shared_dir / "photos" / "pets.jpg"), "--json"]) == 0
+    top = json.loads(capsys.readouterr().out.splitlines()[0])["top"][0]
+    assert top["label"] == "Italian_greyhound" and top["prob"] > 0.8  # shared/README: 0.87 (TF central crop 0.875)
+
+
+def test_predict_on_every_shared_photo(cli_run, shared_dir, capsys):
+    assert main(["predict", str(cli_run), str(shared_dir / "photos"), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == len(list((shared_dir / "photos").glob("*.*g"))) + len(list((shared_dir / "photos").glob("*.bmp")))

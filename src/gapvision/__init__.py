@@ -17,8 +17,13 @@ from .models import create_model  # noqa: E402
 from .models.summary import summarize  # noqa: E402
 from .runs import Run, load_run  # noqa: E402
 from .train.pipeline import evaluate, resume, train  # noqa: E402
+from .compare import compare  # noqa: E402  (the function; gapvision.compare.* modules stay importable)
+from .export import export  # noqa: E402
+from .localize import localize, to_fcn  # noqa: E402
+from .report import report  # noqa: E402
 
 __all__ = [
-    "ConfigError", "DataError", "GapvisionError", "Run", "create_model", "evaluate", "inspect_data", "load_arrays",
-    "load_data", "load_images", "load_run", "resume", "summarize", "train", "__version__",
+    "ConfigError", "DataError", "GapvisionError", "Run", "compare", "create_model", "evaluate", "export",
+    "inspect_data", "load_arrays", "load_data", "load_images", "load_run", "localize", "report", "resume", "summarize",
+    "to_fcn", "train", "__version__",
 ]

@@ -9,21 +9,34 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import GapvisionError
+
+TMP_SUFFIX = ".tmp"  # temporary files are named .<target name>.<random>.tmp beside their target
+_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it) and put back at once
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically, else is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the file the mode open() would
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk (ENOSPC, EDQUOT, EFBIG), no permission, a read-only file system...
+        raise GapvisionError(
+            f"could not write {path} ({e.strerror or e}); the previous {path.name}, if any, is untouched: free disk "
+            f"space or fix permissions and run the command again (training continues with --resume RUN_DIR)"
+        ) from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -61,3 +74,12 @@ def savefig(fig: Any, path: str | os.PathLike, **kw: Any) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **kw)
     write_bytes(path, buf.getvalue())
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed writer (``kill -9``, a power cut) left in ``folder``."""
+    folder = Path(folder)
+    stale = [p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file()] if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any, Callable, Sequence
 
-from .errors import GapvisionError
+from .errors import GapvisionError, Interrupted
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 
@@ -62,7 +62,8 @@ def add_model_args(p: argparse.ArgumentParser, head: bool = True) -> None:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--batch-size", type=int, help="images per step (default 64); under torchrun the global batch, "
+                   "split evenly across the processes")
     g.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"])
     g.add_argument("--lr", type=float)
     g.add_argument("--weight-decay", type=float)
@@ -81,6 +82,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels-last", choices=["auto", "on", "off"])
     g.add_argument("--workers", type=int, help="DataLoader worker processes (default: auto)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bars or per-epoch lines")
+    g.add_argument("--tensorboard", action="store_true", default=None,
+                   help="write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)")
 
 
 OPTION_NAMES = (
@@ -88,6 +91,7 @@ OPTION_NAMES = (
     "channels", "img_size", "normalize", "augment", "dropout", "hidden", "weights", "freeze", "epochs", "batch_size",
     "optimizer", "lr", "weight_decay", "momentum", "label_smoothing", "schedule", "warmup_epochs", "step_epochs",
     "step_gamma", "clip_grad", "patience", "seed", "deterministic", "device", "amp", "channels_last", "workers", "quiet",
+    "tensorboard",
 )
 
 
@@ -129,11 +133,19 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from .predict import format_table, open_predictor
     from .runs import list_images
 
-    run = open_predictor(a.run, model=a.model, weights=a.weights, labels=a.labels, normalize=a.normalize,
-                         img_size=a.img_size, head=a.head)
-    images = list_images(a.images)
+    run_dir, inputs = run_and_inputs(a)
+    run = open_predictor(run_dir, model=a.model, weights=a.weights, labels=a.labels, normalize=a.normalize,
+                         img_size=a.img_size, head=a.head, crop=a.crop)
+    if a.output:  # shared across torchrun processes, merged in input order, resumable
+        from .distributed import current, predict_to_jsonl
+
+        res = predict_to_jsonl(run, inputs, a.output, topk=a.topk)
+        if current().is_main:
+            print(res.summary())
+        return
+    images = list_images(inputs)
     if not images:
-        raise GapvisionError("no images found in " + ", ".join(a.images))
+        raise GapvisionError("no images found in " + ", ".join(inputs))
     results = run.predict(images, topk=a.topk)
     if a.json:
         for r in results:
@@ -194,10 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="folder for metrics.json and confusion.png (default RUN_DIR/evaluations/...)")
 
     pr = sub.add_parser("predict", help="top-k classes for images or folders")
-    pr.add_argument("run", metavar="RUN_DIR", nargs="?", help="a run directory (or use --model/--weights/--labels)")
-    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    pr.add_argument("paths", nargs="+", metavar="[RUN_DIR] IMAGE_OR_DIR",
+                    help="a run directory then images or folders (with --model: images or folders only)")
     pr.add_argument("--topk", type=int, default=3)
     pr.add_argument("--json", action="store_true", help="one JSON object per image")
+    pr.add_argument("--output", metavar="FILE.jsonl", help="write the --json records to FILE in input order (folders "
+                    "and .csv/.tsv manifests); under torchrun the processes share the images; a rerun skips those done")
     add_pretrained_args(pr)
 
     i = sub.add_parser("inspect-data", help="class counts, sizes, modes, problems and a sample grid")
@@ -223,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_and_inputs(a: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """Split positional paths into (RUN_DIR, inputs); with --model there is no run directory."""
+    if getattr(a, "model", None):
+        return None, list(a.paths)
+    if len(a.paths) < 2:
+        raise GapvisionError(f"give a RUN_DIR and at least one image or folder (got {' '.join(a.paths)}), "
+                             "or use --model/--weights/--labels")
+    return a.paths[0], list(a.paths[1:])
+
+
 def add_pretrained_args(p: argparse.ArgumentParser) -> None:
     """Options that build a predictor from a backbone + weights + labels instead of a run directory."""
     g = p.add_argument_group("pretrained model instead of a run")
@@ -232,6 +256,7 @@ def add_pretrained_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels", help="class names: ImageNet JSON index or a text file with one label per line")
     g.add_argument("--normalize", choices=["imagenet", "half", "caffe"], help="preprocessing of --weights")
     g.add_argument("--img-size", type=int, help="input size for --model (default 224)")
+    g.add_argument("--crop", type=float, help="central fraction kept before resizing, for --model (default 0.875)")
 
 
 # Other modules (compare, localize, export, serve, report) register their sub-commands here.
@@ -258,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         rc = COMMANDS[args.command](args)
+    except Interrupted as e:  # Ctrl-C after the work was saved: say how to continue, exit like an interrupted shell
+        print(one_line(e), file=sys.stderr)
+        return 130
     except GapvisionError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2

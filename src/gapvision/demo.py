@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .runs import Run
+from .runs import Run, default_run_dir
 
 DEMO = dict(data="builtin:shapes?n=1200&size=64", model="fastnet_s", head="gap", epochs=6, batch_size=64,
             optimizer="sgd", lr=0.05, augment="none", img_size=64)
@@ -13,7 +13,7 @@ def run_demo(out: str | Path | None = None, quiet: bool = False) -> Run:
     from .train.pipeline import train
 
     opts = dict(DEMO)
-    run = train(opts.pop("data"), opts.pop("model"), opts.pop("head"), out=out or "runs/demo", quiet=quiet, **opts)
+    run = train(opts.pop("data"), opts.pop("model"), opts.pop("head"), out=out or default_run_dir("demo", "gap"), quiet=quiet, **opts)
     m = run.metrics
     print(f"demo: {m['classes']} | best val acc {m['best_val_acc']:.3f}"
           + (f" | test acc {m['test_acc']:.3f}" if "test_acc" in m else "") + f" | {m['seconds']:.0f}s of training")

@@ -12,3 +12,7 @@ class DataError(GapvisionError):
 
 class ConfigError(GapvisionError):
     """An unknown or inconsistent option (model, head, size, weights...)."""
+
+
+class Interrupted(GapvisionError):
+    """The user stopped a command (Ctrl-C) after its work was saved; the CLI prints the message and exits with 130."""

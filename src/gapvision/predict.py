@@ -31,7 +31,7 @@ def read_labels(path: str | Path) -> list[str]:
 
 
 def pretrained_run(model: str, weights: str | None, labels: str | None, normalize: str = "imagenet",
-                   img_size: int | None = None, head: str | None = None) -> Run:
+                   img_size: int | None = None, head: str | None = None, crop: float = 0.875) -> Run:
     """A Run (no directory) around a pretrained backbone whose own classifier is loaded as the head."""
     from .models import create_backbone, create_model
 
@@ -42,7 +42,7 @@ def pretrained_run(model: str, weights: str | None, labels: str | None, normaliz
     size = int(img_size or (227 if normalize == "caffe" else 224))
     net = create_model(model, head, len(classes), in_channels=3, img_size=size, weights=weights).eval()
     mean, std, bgr = preset_stats(normalize or "imagenet", 3)
-    pre = Preprocess(channels=3, img_size=size, mean=mean, std=std, bgr=bgr)
+    pre = Preprocess(channels=3, img_size=size, mean=mean, std=std, bgr=bgr, crop=crop)
     config = {"classes": classes, "preprocess": pre.to_dict(), "model": net.config.to_dict(),  # type: ignore[union-attr]
               "model_options": {"weights": weights}}
     return Run(None, config, model=net)
@@ -50,10 +50,11 @@ def pretrained_run(model: str, weights: str | None, labels: str | None, normaliz
 
 def open_predictor(run_dir: str | None, *, model: str | None = None, weights: str | None = None,
                    labels: str | None = None, normalize: str | None = None, img_size: int | None = None,
-                   head: str | None = None) -> Run:
+                   head: str | None = None, crop: float | None = None) -> Run:
     """A run directory, or ``--model/--weights/--labels/--normalize`` for a pretrained network."""
     if model:
-        return pretrained_run(model, weights, labels, normalize or "imagenet", img_size, head)
+        return pretrained_run(model, weights, labels, normalize or "imagenet", img_size, head,
+                              0.875 if crop is None else crop)
     if not run_dir:
         raise GapvisionError("give a RUN_DIR, or --model with --weights and --labels")
     return load_run(run_dir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -49,6 +50,7 @@ class RunWriter:
         self.enabled = enabled  # False on non-zero DDP ranks: nothing is written
         if enabled:
             self.path.mkdir(parents=True, exist_ok=True)
+            atomic.remove_stale_temporaries(self.path)  # left by a writer that was killed mid-write
 
     def json(self, name: str, obj: Any) -> None:
         if self.enabled:
@@ -70,14 +72,27 @@ class RunWriter:
 
     def checkpoint(self, state: dict) -> None:
         if self.enabled:
-            atomic.write_with(self.path / "checkpoint.pt", lambda p: torch.save(state, p))
+            buf = io.BytesIO()  # serialise first: a full disk then fails in one plain OSError, never half-way in C++
+            torch.save(state, buf)
+            atomic.write_bytes(self.path / "checkpoint.pt", buf.getvalue())
 
 
 def save_weights(net: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(net).state_dict().items()}
-    atomic.write_with(path, lambda p: save_file(state, str(p), metadata=metadata or {"format": "gapvision"}))
+    atomic.write_bytes(path, save(state, metadata=metadata or {"format": "gapvision"}))
+
+
+def load_run_weights(net: torch.nn.Module, path: str | Path) -> None:
+    """Load a run's model.safetensors into ``net``; a damaged file or another model's weights is one clear error."""
+    from safetensors.torch import load_file
+
+    try:
+        _unwrap(net).load_state_dict(load_file(str(path)))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, RuntimeError (keys/shapes): all a damaged run
+        raise GapvisionError(f"{path} does not hold this run's weights ({' '.join(str(e).split())[:160]}): the run is "
+                             f"damaged; restore the file or train again") from None
 
 
 def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
@@ -88,6 +103,9 @@ def load_checkpoint(path: str | Path) -> dict:
     """Load checkpoint.pt without executing code."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise GapvisionError(f"{path} holds pickled code, not just tensors, and gapvision never unpickles code: the "
+                             f"checkpoint was tampered with or is not gapvision's; do not resume from it") from None
     except Exception as e:  # noqa: BLE001 - any failure here is a bad file, reported in one line
         raise GapvisionError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
 
@@ -114,9 +132,7 @@ class Run:
             weights = self.path / "model.safetensors" if self.path else None
             if weights is None or not weights.exists():
                 raise GapvisionError(f"{self.path} has no model.safetensors yet (training did not finish an epoch)")
-            from safetensors.torch import load_file
-
-            net.load_state_dict(load_file(str(weights)))
+            load_run_weights(net, weights)
             self._model = net.eval()
         return self._model
 

@@ -29,6 +29,10 @@ _GRAY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _HINT = "fix or remove it, or pass --skip-bad"
 
 
+class ImageTooLarge(DataError):
+    """An image with more pixels than the limit (a decompression bomb, or a genuinely huge photo)."""
+
+
 def set_max_image_pixels(n: int) -> None:
     """Change the decompression-bomb limit (also moves Pillow's own hard limit, which is twice its setting)."""
     global MAX_IMAGE_PIXELS
@@ -68,7 +72,7 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
     except DataError:
         raise
     except Image.DecompressionBombError as e:
-        raise DataError(f"image {path} is too large ({e}): {_HINT}, or raise GAPVISION_MAX_IMAGE_PIXELS") from e
+        raise ImageTooLarge(f"image {path} is too large ({e}): {_HINT}, or raise GAPVISION_MAX_IMAGE_PIXELS") from e
     except UnidentifiedImageError as e:
         raise DataError(f"{path} is not an image Pillow can read: {_HINT}") from e
     except Exception as e:  # truncated or corrupt data: Pillow raises OSError, SyntaxError, ValueError, EOFError...
@@ -77,7 +81,7 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
 
 
 def _bomb(path: Path, w: int, h: int, limit: int) -> DataError:
-    return DataError(
+    return ImageTooLarge(
         f"image {path} is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} (decompression bomb?): "
         f"{_HINT}, or raise GAPVISION_MAX_IMAGE_PIXELS if it is genuine"
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import atomic
 from ..errors import DataError
 from .imageset import ImageSet
 from .sources import LoadOptions, load_with_options
@@ -160,8 +161,7 @@ def write_sample_grid(imgs: ImageSet, out_png: str | os.PathLike, per_class: int
             spine.set_visible(False)
     fig.tight_layout()
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
+    atomic.savefig(fig, out, dpi=80)
     return out
 
 

@@ -32,12 +32,24 @@ class TransformedDataset(Dataset):
     def __init__(self, images: ImageSet, transform: Callable):
         self.images = images
         self.transform = transform
+        self.seed: int | None = None  # set per epoch: image i's augmentation is then a function of (seed, i) alone
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images.load(i)), int(self.images.labels[i])
+        img, label = self.images.load(i), int(self.images.labels[i])
+        if self.seed is None:
+            return self.transform(img), label
+        # Seed the (global) generator the transforms draw from, and restore it: the augmentation of an image does not
+        # depend on worker count or on what else used the generator (dropout of another head, in a comparison).
+        gen = torch.default_generator
+        state = gen.get_state()
+        try:
+            gen.manual_seed((self.seed * 0x9E3779B97F4A7C15 + int(i) * 0xBF58476D1CE4E5B9 + 1) % (2**63 - 1))
+            return self.transform(img), label
+        finally:
+            gen.set_state(state)
 
 
 def default_workers(images: ImageSet, requested: int = -1) -> int:
@@ -84,6 +96,7 @@ class StreamingBatches:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.generator.manual_seed(epoch_seed(self.seed, epoch))
+        self.dataset.seed = epoch_seed(self.seed, epoch)
         sampler = self.loader.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)

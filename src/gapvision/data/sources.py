@@ -19,6 +19,7 @@ Each prefix source is a function registered with :func:`register_source`; it ret
 from __future__ import annotations
 
 import csv
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -542,13 +543,13 @@ def _read_manifest_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"manifest {path} is not UTF-8 text ({e}): save it as UTF-8") from e
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
+    first_line = text.replace("\r", "\n").split("\n", 1)[0]  # not splitlines(): labels may hold U+2028, U+0085...
+    if not first_line.strip():
         raise DataError(f"manifest {path} is empty: it needs a header row (e.g. file_name,label) and one row per image")
     delim = "\t" if path.suffix.lower() == ".tsv" else ","
-    if delim not in lines[0]:
-        delim = next((d for d in ("\t", ",", ";", "|") if d in lines[0]), delim)
-    reader = csv.reader(lines, delimiter=delim)
+    if delim not in first_line:
+        delim = next((d for d in ("\t", ",", ";", "|") if d in first_line), delim)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
     header = [h.strip() for h in next(reader)]
     rows = [(reader.line_num, [c.strip() for c in row]) for row in reader if any(c.strip() for c in row)]
     return header, rows
@@ -595,8 +596,10 @@ def _manifest_source(path: Path, opts: LoadOptions) -> Found:
             base = guessed
             notes.append(f"images of {path.name} found in {guessed}/ (pass --image-root to set it explicitly)")
     root_abs = os.path.normpath(os.path.abspath(data_root))
+    root_real = os.path.realpath(data_root)
 
     seen: dict[str, tuple[int, str]] = {}
+    label_rows: dict[tuple[str, str], int] = {}  # (split, label) -> first row, for errors that name a row
     per_split: dict[str, tuple[list[str], list[str]]] = {}
     dup_rows, missing = [], []
     for line, cells in rows:
@@ -605,6 +608,10 @@ def _manifest_source(path: Path, opts: LoadOptions) -> Found:
         if not opts.allow_outside_root and os.path.commonpath([root_abs, full]) != root_abs:
             raise DataError(f"manifest {path} row {line}: {rel!r} points outside the data folder {data_root}: move "
                             f"the image inside it, set --image-root, or pass --allow-outside-root")
+        if not opts.allow_outside_root and os.path.commonpath([root_real, os.path.realpath(full)]) != root_real:
+            raise DataError(f"manifest {path} row {line}: {rel!r} is a symbolic link to {os.path.realpath(full)}, "
+                            f"outside the data folder {data_root}: copy the image inside it, or pass "
+                            f"--allow-outside-root")
         if full in seen:
             first_line, first_label = seen[full]
             if first_label != label:
@@ -623,6 +630,7 @@ def _manifest_source(path: Path, opts: LoadOptions) -> Found:
         items, labels = per_split.setdefault(split, ([], []))
         items.append(full)
         labels.append(label)
+        label_rows.setdefault((split, label), line)
     if dup_rows:
         notes.append(f"dropped {len(dup_rows)} duplicate row{'s' * (len(dup_rows) > 1)} of {path.name} "
                      f"(first: row {dup_rows[0]})")
@@ -640,9 +648,24 @@ def _manifest_source(path: Path, opts: LoadOptions) -> Found:
     if lab_c is None:
         found = Found({"all": _unlabeled(per_split.pop("all", ([], []))[0])}, [])
     else:
+        _check_labels_seen_in_training(per_split, label_rows, path)
         found = _from_label_names(per_split, str(path))
     found.notes = notes + found.notes
     return found
+
+
+def _check_labels_seen_in_training(per_split: dict[str, tuple[list[str], list[str]]],
+                                   label_rows: dict[tuple[str, str], int], path: Path) -> None:
+    """A val/test row whose label no train row has is an error naming that row."""
+    if "train" not in per_split:
+        return
+    trained = set(per_split["train"][1])
+    unseen = [(line, split, label) for (split, label), line in label_rows.items()
+              if split in ("val", "test") and label not in trained and label in per_split[split][1]]
+    if unseen:
+        line, split, label = min(unseen)
+        raise DataError(f"manifest {path} row {line}: {split} label {label!r} is on no train row: add training "
+                        f"images with that label, or remove the {split} rows that use it")
 
 
 def _split_name(value: str, path: Path, line: int) -> str:

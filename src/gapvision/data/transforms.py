@@ -35,10 +35,13 @@ class Preprocess:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     bgr: bool = False
+    crop: float = 1.0  # central fraction of each side kept before the resize (0.875 = the usual ImageNet eval crop)
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(m) for m in self.mean)[: self.channels] if len(self.mean) >= self.channels else tuple(self.mean)
         self.std = tuple(float(s) for s in self.std)[: self.channels] if len(self.std) >= self.channels else tuple(self.std)
+        if not 0.1 <= float(self.crop) <= 1.0:
+            raise ConfigError(f"--crop must be between 0.1 and 1 (got {self.crop})")
         if self.channels not in (1, 3):
             raise ConfigError(f"--channels must be 1 or 3 (got {self.channels})")
 
@@ -49,7 +52,7 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(**{k: d[k] for k in ("channels", "img_size", "mean", "std", "bgr") if k in d})
+        return cls(**{k: d[k] for k in ("channels", "img_size", "mean", "std", "bgr", "crop") if k in d})
 
 
 def preset_stats(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
@@ -79,9 +82,14 @@ def convert_mode(img: Image.Image, channels: int, bgr: bool = False) -> Image.Im
 
 
 def to_uint8(img: Image.Image, pre: Preprocess, resize: bool = True) -> torch.Tensor:
-    """The shared first step: mode conversion and (optionally) a square resize to ``pre.img_size``; uint8 C x H x W."""
+    """The shared first step: mode conversion and (optionally) a central crop and square resize to ``pre.img_size``;
+    uint8 C x H x W. With ``resize=False`` (class maps at native resolution) the image keeps its size and is not cropped.
+    """
     img = convert_mode(img, pre.channels, pre.bgr)
     t = TF.pil_to_tensor(img)
+    if resize and pre.crop < 1.0:
+        h, w = t.shape[-2:]
+        t = TF.center_crop(t, [max(1, round(h * pre.crop)), max(1, round(w * pre.crop))])
     if resize and (t.shape[-1] != pre.img_size or t.shape[-2] != pre.img_size):
         t = TF.resize(t, [pre.img_size, pre.img_size], antialias=True)
     return t

@@ -50,21 +50,38 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def feature_size(backbone: nn.Module, in_channels: int, img_size: int) -> tuple[int, int]:
+def feature_size(backbone: nn.Module, in_channels: int, img_size: int, name: str = "this backbone") -> tuple[int, int]:
     """The backbone's output map size for a square ``img_size`` input (one dry run on zeros)."""
+    try:
+        return _dry_run(backbone, in_channels, img_size)
+    except RuntimeError as e:  # e.g. too small an input for this backbone
+        smallest = next((s for s in _TRY_SIZES if s > img_size and _accepts(backbone, in_channels, s)), None)
+        fix = f"use --img-size {smallest} or larger" if smallest else "use a larger --img-size"
+        raise ConfigError(f"--img-size {img_size} is too small for {name} ({str(e).splitlines()[0]}): {fix} (smaller "
+                          f"images are scaled up to it)") from None
+
+
+_TRY_SIZES = (16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 299)
+
+
+def _dry_run(backbone: nn.Module, in_channels: int, img_size: int) -> tuple[int, int]:
     was_training = backbone.training
     backbone.eval()
     try:
         with torch.no_grad():
             device = next(backbone.parameters()).device
             out = backbone(torch.zeros(1, in_channels, img_size, img_size, device=device))
-    except RuntimeError as e:  # e.g. too small an input for this backbone
-        raise ConfigError(
-            f"--img-size {img_size} is too small for this backbone ({str(e).splitlines()[0]}); use a larger --img-size"
-        ) from None
     finally:
         backbone.train(was_training)
     return int(out.shape[-2]), int(out.shape[-1])
+
+
+def _accepts(backbone: nn.Module, in_channels: int, img_size: int) -> bool:
+    try:
+        _dry_run(backbone, in_channels, img_size)
+        return True
+    except RuntimeError:
+        return False
 
 
 def create_model(
@@ -87,7 +104,7 @@ def create_model(
     """
     cfg = ModelConfig(model, head, int(num_classes), int(in_channels), int(img_size), float(dropout), int(hidden))
     backbone = create_backbone(model, in_channels=in_channels)
-    fsize = feature_size(backbone, in_channels, img_size)
+    fsize = feature_size(backbone, in_channels, img_size, name=model)
     h = create_head(
         head,
         backbone.out_channels,

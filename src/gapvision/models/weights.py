@@ -81,6 +81,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if p.is_dir():
         if not (p / RUN_WEIGHTS).is_file():
             raise ConfigError(f"{p} is a directory without {RUN_WEIGHTS}: pass a gapvision run directory or a file")
+        if (p / "config.json").is_file():
+            from ..runs import load_run
+
+            load_run(p)  # refuses a run written in a newer format, or a damaged config.json
         p = p / RUN_WEIGHTS
     if not p.is_file():
         raise ConfigError(f"weights file {p} not found")

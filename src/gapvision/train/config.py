@@ -32,6 +32,7 @@ class TrainConfig:
     channels_last: str = "auto"  # auto (on for CUDA) | on | off
     workers: int = -1  # DataLoader workers; -1 = auto
     quiet: bool = False
+    tensorboard: bool = False  # per-epoch scalars in RUN_DIR/tensorboard (needs the tensorboard package)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

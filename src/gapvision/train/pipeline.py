@@ -8,21 +8,22 @@ import platform
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
-from .. import __version__
+from .. import __version__, distributed
 from ..data.imageset import DataSplits, ImageSet
 from ..data.loaders import Batches, StreamingBatches
 from ..data.transforms import Preprocess, eval_transform, train_transform
-from ..errors import ConfigError, GapvisionError
+from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.classifier import Classifier, ModelConfig, create_model
 from ..plots import plot_confusion, plot_curves
-from ..runs import FORMAT_VERSION, Run, RunWriter, default_run_dir, load_checkpoint, load_run
+from ..runs import FORMAT_VERSION, Run, RunWriter, default_run_dir, load_checkpoint, load_run, load_run_weights
 from . import metrics as M
 from .config import TrainConfig
-from .trainer import Trainer, resolve_device, seed_everything, set_deterministic
+from .trainer import Trainer, TrainingDiverged, resolve_device, seed_everything, set_deterministic
 
 
 @dataclass
@@ -77,11 +78,14 @@ def split_options(options: dict[str, Any]) -> tuple[DataOptions, ModelOptions, T
     return built[0], built[1], built[2]  # type: ignore[return-value]
 
 
-def prepare_data(opts: DataOptions, seed: int = 0, preprocess: Preprocess | None = None) -> tuple[DataSplits, Preprocess]:
-    """Load the splits and settle channels, size and normalisation (or reuse a run's ``preprocess``)."""
+def prepare_data(opts: DataOptions, seed: int = 0, preprocess: Preprocess | None = None,
+                 splits: DataSplits | None = None) -> tuple[DataSplits, Preprocess]:
+    """Load the splits (unless given, e.g. by compare) and settle channels, size and normalisation (or reuse a run's
+    ``preprocess``)."""
     from ..data.sources import load_data, resolve_preprocess
 
-    splits = load_data(opts.data, seed=seed, **opts.load_kwargs())
+    if splits is None:
+        splits = load_data(opts.data, seed=seed, **opts.load_kwargs())
     if preprocess is None:
         channels = opts.channels if opts.channels == "auto" else int(opts.channels)
         preprocess = resolve_preprocess(splits, channels=channels, img_size=opts.img_size, normalize=opts.normalize)
@@ -90,11 +94,30 @@ def prepare_data(opts: DataOptions, seed: int = 0, preprocess: Preprocess | None
 
 def make_batches(
     images: ImageSet, pre: Preprocess, batch_size: int, *, train: bool = False, augment: str = "none", seed: int = 0,
-    workers: int = -1,
+    workers: int = -1, sampler_factory: Any = None,
 ) -> Batches:
-    """Batches of one split: shuffled and augmented for training, in order and plain otherwise."""
+    """Batches of one split: shuffled and augmented for training, in order and plain otherwise.
+
+    ``sampler_factory`` (DDP: this rank's share, see distributed.py) picks the images; then ``batch_size`` is per rank.
+    """
     tf = train_transform(pre, augment) if train else eval_transform(pre)
-    return StreamingBatches(images, tf, batch_size, shuffle=train, seed=seed, workers=workers)
+    return StreamingBatches(images, tf, batch_size, shuffle=train, seed=seed, workers=workers,
+                            sampler_factory=sampler_factory)
+
+
+@dataclass
+class Feed:
+    """What a run's Trainer fits and evaluates instead of the defaults (the ``feed=`` hook of train/resume): a
+    network with the Classifier's state-dict keys and its train/val/test batch sources (compare's cached features).
+    """
+
+    net: nn.Module
+    train: Batches
+    val: Batches
+    test: Batches | None = None
+
+
+FeedFn = Callable[[Classifier, DataSplits, Preprocess, DataOptions, TrainConfig], Feed]
 
 
 def run_config(data: DataOptions, model: ModelOptions, mcfg: ModelConfig, pre: Preprocess, tcfg: TrainConfig,
@@ -118,33 +141,44 @@ def run_config(data: DataOptions, model: ModelOptions, mcfg: ModelConfig, pre: P
 
 
 def train(data: Any = "builtin:shapes", model: str = "gapcnn", head: str = "gap", *, out: str | Path | None = None,
-          **options: Any) -> Run:
+          splits: DataSplits | None = None, preprocess: Preprocess | None = None,
+          backbone_state: dict[str, torch.Tensor] | None = None, feed: FeedFn | None = None, **options: Any) -> Run:
     """Train ``model`` with ``head`` on ``data`` and return the finished :class:`Run`.
 
     ``options`` are any field of DataOptions (val_split, channels, img_size, normalize, augment, skip_bad...),
     ModelOptions (dropout, hidden, weights, freeze) or TrainConfig (epochs, batch_size, optimizer, lr, seed...).
+    For compare: ``splits``/``preprocess`` already loaded from ``data``, the ``backbone_state`` to start from, and a
+    ``feed`` that swaps the network and batch sources (see :class:`Feed`).
     """
     dopts, mopts, tcfg = split_options({"data": data, "model": model, "head": head, **options})
+    ctx = distributed.setup(tcfg.device)  # under torchrun: join the process group (no-op otherwise)
+    tcfg = distributed.per_rank_config(tcfg)
     seed_everything(tcfg.seed)
     set_deterministic(tcfg.deterministic)
-    splits, pre = prepare_data(dopts, tcfg.seed)
+    splits, pre = prepare_data(dopts, tcfg.seed, preprocess, splits)
     for note in splits.notes:
         if not tcfg.quiet:
             print(f"note: {note}")
     net = create_model(mopts.model, mopts.head, len(splits.classes), in_channels=pre.channels, img_size=pre.img_size,
                        dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze,
                        verbose=not tcfg.quiet)
-    path = Path(out) if out else default_run_dir(mopts.model, mopts.head)
+    if backbone_state is not None:
+        net.backbone.load_state_dict(backbone_state)
+    path = distributed.broadcast(Path(out) if out else default_run_dir(mopts.model, mopts.head))  # rank 0's clock
     if (path / "checkpoint.pt").exists():
         raise GapvisionError(f"{path} already holds a run: continue it with --resume {path}, or pick another --out")
-    writer = RunWriter(path)
-    config = run_config(dopts, mopts, net.config, pre, tcfg, splits.classes)  # type: ignore[arg-type]
+    writer = RunWriter(path, enabled=ctx.is_main)
+    config = run_config(dopts, mopts, net.config, pre, tcfg, splits.classes,  # type: ignore[arg-type]
+                        world_size=ctx.world_size)
+    config["data_notes"] = list(splits.notes)  # skipped/duplicate images etc., kept with the run (also when --quiet)
     writer.json("config.json", config)
-    return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config)
+    return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config, feed=feed)
 
 
-def resume(run_dir: str | Path, data: Any = None, epochs: int | None = None, quiet: bool | None = None) -> Run:
-    """Continue an interrupted run from its last finished epoch (``epochs`` may extend it)."""
+def resume(run_dir: str | Path, data: Any = None, epochs: int | None = None, quiet: bool | None = None, *,
+           splits: DataSplits | None = None, feed: FeedFn | None = None) -> Run:
+    """Continue an interrupted run from its last finished epoch (``epochs`` may extend it); ``splits`` and ``feed``
+    as for :func:`train`."""
     run = load_run(run_dir)
     ckpt_path = Path(run_dir) / "checkpoint.pt"
     if not ckpt_path.exists():
@@ -153,7 +187,7 @@ def resume(run_dir: str | Path, data: Any = None, epochs: int | None = None, qui
     dd = dict(config["data"])
     if data is not None:
         dd["data"] = data
-    elif dd["data"] == "<arrays>":
+    elif dd["data"] == "<arrays>" and splits is None:
         raise GapvisionError("this run was trained on in-memory arrays: pass them again with resume(run_dir, data=...)")
     dopts = DataOptions(**dd)
     tdict = dict(config["train"])
@@ -162,61 +196,83 @@ def resume(run_dir: str | Path, data: Any = None, epochs: int | None = None, qui
     if quiet is not None:
         tdict["quiet"] = quiet
     tcfg = TrainConfig.from_dict(tdict)
+    ctx = distributed.setup(tcfg.device)
+    tcfg = distributed.per_rank_config(tcfg)
     set_deterministic(tcfg.deterministic)
-    splits, pre = prepare_data(dopts, tcfg.seed, preprocess=run.preprocess)
+    splits, pre = prepare_data(dopts, tcfg.seed, preprocess=run.preprocess, splits=splits)
     if list(splits.classes) != run.classes:
         raise GapvisionError(f"the data's classes {splits.classes} differ from the run's {run.classes}")
     net = create_model(**run.model_config.to_dict(), freeze=config.get("model_options", {}).get("freeze", "none"))
     config["train"] = tcfg.to_dict()
-    writer = RunWriter(run_dir)
+    config["world_size"] = ctx.world_size
+    writer = RunWriter(run_dir, enabled=ctx.is_main)
     writer.json("config.json", config)
-    return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config, checkpoint=load_checkpoint(ckpt_path))
+    return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config, checkpoint=load_checkpoint(ckpt_path),
+                           feed=feed)
 
 
 def _fit_and_finish(net: Classifier, splits: DataSplits, pre: Preprocess, dopts: DataOptions, tcfg: TrainConfig,
-                    writer: RunWriter, config: dict, checkpoint: dict | None = None) -> Run:
-    bs = tcfg.batch_size
-    train_b = make_batches(splits.train, pre, bs, train=True, augment=dopts.augment, seed=tcfg.seed, workers=tcfg.workers)
-    val_b = make_batches(splits.val, pre, bs, workers=tcfg.workers)
-    trainer = Trainer(net, tcfg, writer=writer)
+                    writer: RunWriter, config: dict, checkpoint: dict | None = None, feed: FeedFn | None = None) -> Run:
+    bs = distributed.local_batch_size(tcfg.batch_size)  # --batch-size is global: B / world_size per process
+    shard = distributed.train_sampler(tcfg.batch_size)
+    train_b = make_batches(splits.train, pre, bs, train=True, augment=dopts.augment, seed=tcfg.seed, workers=tcfg.workers,
+                           sampler_factory=shard)
+    val_b = make_batches(splits.val, pre, bs, workers=tcfg.workers, sampler_factory=distributed.eval_sampler())
+    fed = feed(net, splits, pre, dopts, tcfg) if feed is not None else None
+    if fed is not None:
+        net, train_b, val_b = fed.net, fed.train, fed.val  # type: ignore[assignment]
+    on_epoch = None
+    if tcfg.tensorboard and writer.enabled:
+        from .tensorboard import TensorBoardLogger
+
+        on_epoch = TensorBoardLogger(writer.path / "tensorboard")
+    trainer = Trainer(net, tcfg, writer=writer, reduce=distributed.all_reduce_sum, on_epoch=on_epoch)
     if checkpoint is not None:
         trainer.load_checkpoint(checkpoint)
         if not tcfg.quiet:
             print(f"resuming {writer.path} after epoch {trainer.state.epoch}")
+    distributed.wrap(trainer, shard if fed is None else None)  # DDP under torchrun (a feed's batches are not sharded)
     status = "finished"
     try:
         trainer.fit(train_b, val_b)
     except KeyboardInterrupt:
         status = "interrupted"
-        finish(trainer, splits, pre, tcfg, writer, config, status)
-        raise GapvisionError(
+        finish(trainer, splits, pre, tcfg, writer, config, status, feed=fed)
+        if trainer.state.epoch == 0:
+            raise Interrupted(f"interrupted before the first epoch finished; {writer.path} holds nothing to resume: "
+                              f"start the run again") from None
+        raise Interrupted(
             f"interrupted after epoch {trainer.state.epoch}; the run is saved: continue with "
             f"gapvision train --resume {writer.path}"
         ) from None
-    except GapvisionError:
-        finish(trainer, splits, pre, tcfg, writer, config, "diverged")
+    except TrainingDiverged:  # the last good checkpoint stays; the best weights still get their metrics
+        finish(trainer, splits, pre, tcfg, writer, config, "diverged", feed=fed)
         raise
+    # any other error (an unreadable image, a full disk) propagates: the last checkpoint stays as it was
     if trainer.state.stopped_early:
         status = "stopped early"
-    finish(trainer, splits, pre, tcfg, writer, config, status)
+    finish(trainer, splits, pre, tcfg, writer, config, status, feed=fed)
     if not tcfg.quiet:
         print(f"run saved in {writer.path}")
+    distributed.barrier()  # DDP: every rank returns once rank 0 has written the run directory
+    if not writer.enabled:  # DDP ranks other than 0 have no files (maybe another node): the final weights in memory
+        return Run(writer.path, config, model=getattr(trainer.net, "module", trainer.net).eval())
     return load_run(writer.path)
 
 
 def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainConfig, writer: RunWriter,
-           config: dict, status: str) -> dict:
-    """Evaluate the best weights on val (and test), write metrics.json and the figures."""
+           config: dict, status: str, feed: Feed | None = None) -> dict:
+    """Evaluate the best weights on val (and test, with ``feed``'s batches if given), write metrics.json and figures."""
     st = trainer.state
+    if not writer.enabled:  # DDP ranks other than 0: rank 0 evaluates and writes alone
+        return {}
+    trainer = distributed.alone(trainer)
     if not st.history or not (writer.path / "model.safetensors").exists():
         return {}
-    from safetensors.torch import load_file
-
-    net = getattr(trainer.net, "module", trainer.net)
-    net.load_state_dict(load_file(str(writer.path / "model.safetensors")))
+    load_run_weights(trainer.net, writer.path / "model.safetensors")
     classes = list(splits.classes)
     bs = tcfg.batch_size
-    val = trainer.evaluate(make_batches(splits.val, pre, bs, workers=tcfg.workers))
+    val = trainer.evaluate(feed.val if feed is not None else make_batches(splits.val, pre, bs, workers=tcfg.workers))
     last = st.history[-1]
     metrics: dict[str, Any] = {
         "status": status,
@@ -235,7 +291,8 @@ def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainCon
     metrics["confusion_matrix"] = metrics["val"]["confusion_matrix"]
     metrics["per_class"] = metrics["val"]["per_class"]
     if splits.test is not None and len(splits.test):
-        test = trainer.evaluate(make_batches(splits.test, pre, bs, workers=tcfg.workers))
+        test_b = feed.test if feed is not None and feed.test is not None else None
+        test = trainer.evaluate(test_b or make_batches(splits.test, pre, bs, workers=tcfg.workers))
         metrics["test"] = M.summarize(test.targets, test.preds, classes, test.loss)
         metrics["test_acc"] = metrics["test"]["acc"]
     writer.json("metrics.json", metrics)

@@ -131,29 +131,28 @@ class Trainer:
         torch.manual_seed(epoch_seed(cfg.seed, epoch) + 1)  # dropout etc.
         steps = len(batches)
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=cfg.quiet,
-                   mininterval=0.5, dynamic_ncols=True)
-        for i, (x, y) in enumerate(batches.epoch(epoch)):
-            x, y = self._to_device(x, y)
-            set_lr(self.optimizer, cfg.lr * lr_factor(cfg, self.state.step, steps))
-            with self._autocast():
-                logits = net(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if cfg.clip_grad > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.state.step += 1
-            with torch.no_grad():
-                stats += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
-                                      torch.tensor(len(y), dtype=torch.float64, device=self.device)])
-            if i % 50 == 49 and not math.isfinite(float(stats[0])):
-                break
-            bar.update(1)
-        bar.close()
+        with tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=cfg.quiet,
+                  mininterval=0.5, dynamic_ncols=True) as bar:  # closed (line cleared) on Ctrl-C too
+            for i, (x, y) in enumerate(batches.epoch(epoch)):
+                x, y = self._to_device(x, y)
+                set_lr(self.optimizer, cfg.lr * lr_factor(cfg, self.state.step, steps))
+                with self._autocast():
+                    logits = net(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if cfg.clip_grad > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.state.step += 1
+                with torch.no_grad():
+                    stats += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                                          torch.tensor(len(y), dtype=torch.float64, device=self.device)])
+                if i % 50 == 49 and not math.isfinite(float(stats[0])):
+                    break
+                bar.update(1)
         stats = self._sum(stats)
         loss_sum, correct, count = (float(v) for v in stats)
         if not math.isfinite(loss_sum):
@@ -233,8 +232,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.writer is not None:
+            self.writer.checkpoint(self.checkpoint_state())  # first: history.csv never lists an unsaved epoch
             self.writer.history(self.state.history)
-            self.writer.checkpoint(self.checkpoint_state())
 
     def load_checkpoint(self, ckpt: dict) -> None:
         net = getattr(self.net, "module", self.net)

@@ -1,0 +1,96 @@
+"""Cost of exact class maps for all classes vs one classification forward pass, at 1024 x 768.
+
+    python bench/localize_cost.py                                   # mobilenet_v2 (1000 classes), random weights
+    python bench/localize_cost.py --model fastnet_s --classes 4     # the demo-sized model
+    python bench/localize_cost.py --run runs/demo --threads 2
+
+Three timings on the same input, interleaved per repeat so that load from other processes hits all alike:
+  * forward   -- ``model(x)``: backbone + global pooling + classifier, the classification pass at that size;
+  * maps      -- ``class_maps(fcn, x)``: the K logit maps, the background reference subtracted and per-location
+                 probabilities for every class (what ``gapvision localize --method fcn`` computes per image);
+  * localize  -- the whole per-image pipeline after decoding: class maps, candidate selection, upsampling of the
+                 candidates, regions, boxes and NMS.
+It prints the median of each and the ratios to ``forward`` (the target is maps/forward <= 1.5). Latency does not
+depend on the weights' values, so no download or training is needed.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from gapvision.data.transforms import Preprocess
+from gapvision.localize import Localizer, class_maps
+from gapvision.models import create_model
+from gapvision.runs import Run, load_run
+
+
+def build_run(a: argparse.Namespace) -> Run:
+    if a.run:
+        return load_run(a.run)
+    net = create_model(a.model, "gap", a.classes, img_size=a.img_size).eval()
+    pre = Preprocess(channels=3, img_size=a.img_size)
+    config = {"classes": [f"c{i}" for i in range(a.classes)], "preprocess": pre.to_dict(), "model": net.config.to_dict()}
+    return Run(None, config, model=net)
+
+
+def timed(fn) -> float:  # noqa: ANN001
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", help="a run directory (default: --model with random weights)")
+    p.add_argument("--model", default="mobilenet_v2")
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--img-size", type=int, default=224, help="training size of --model (for the blank reference)")
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=768)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    run = build_run(a)
+    loc = Localizer(run, method="fcn")
+    net = run.model.to(loc.device).eval()
+    x = torch.randn(1, run.preprocess.channels, a.height, a.width, device=loc.device)
+    image = (torch.rand(run.preprocess.channels, a.height, a.width) * 255).to(torch.uint8)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            net(x)
+
+    def maps() -> None:
+        class_maps(loc.fcn, x, reference=loc.reference)  # type: ignore[arg-type]
+
+    def pipeline() -> None:
+        with torch.inference_mode():
+            loc._run_batch([(image, (a.width, a.height), "bench")])
+
+    for fn in (forward, maps, pipeline):  # warm-up
+        fn()
+    times: dict[str, list[float]] = {"forward": [], "maps": [], "localize": []}
+    for _ in range(a.repeats):
+        times["forward"].append(timed(forward))
+        times["maps"].append(timed(maps))
+        times["localize"].append(timed(pipeline))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    name = run.path or f"{a.model} ({a.classes} classes, random weights)"
+    print(f"{name} at {a.width}x{a.height} on {loc.device}, {torch.get_num_threads()} threads, "
+          f"median of {a.repeats}:")
+    for k, v in med.items():
+        print(f"  {k:<9} {v * 1000:8.1f} ms   {v / med['forward']:.2f}x forward")
+    print(f"class maps / forward = {med['maps'] / med['forward']:.2f} (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,449 @@
+"""``localize(run_or_model, images, out=...)``: which classes are in each image and where, as JSON-ready dicts,
+with heat-map grids and box images written to ``out``.
+
+Methods:
+  * ``fcn`` (default) -- exact class maps from the fully-convolutional model, all classes in one forward pass. The
+    class evidence at each location is the logit map minus what the model says about a blank image (so plain
+    background, which a classifier without a background class still assigns to some class, belongs to none); the
+    per-location probabilities are a softmax over the classes plus a background logit 0 (``background="none"``:
+    the plain softmax of the MATLAB recipe; ``multilabel``: a sigmoid per class). A class region is where the class
+    is the most likely one with probability >= ``min_score``; its box covers the part of the region that passes
+    ``threshold`` (default: evidence >= 50 % of the region's peak), its score is the region's peak probability.
+    Several classes, and several objects of one class, per image fall out directly.
+  * ``cam`` -- the classes the image-level prediction ranks highest (probability >= ``min_score``), each with its
+    class activation map scaled to [0, 1]; a box's score is the class probability times the region's peak.
+  * ``gradcam`` -- like ``cam`` with Grad-CAM maps at ``layer`` (default: the last feature map); works for any CNN.
+
+Boxes are in the original image's pixels (x0, y0, x1, y1; x1/y1 exclusive) whatever ``scale``/``max_side`` did to
+the network input.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from .. import atomic
+from ..data.transforms import Preprocess, normalize, to_uint8
+from ..errors import ConfigError, GapvisionError
+from ..runs import Run, load_run, to_pil
+from .boxes import Detection, Threshold, component_boxes, nms_per_class, rank_classes, region_boxes
+from .cam import background_reference, class_maps, grad_cam, normalize_maps, upsample
+from .fcn import to_fcn
+from .video import is_video, read_frames
+
+METHODS = ("fcn", "cam", "gradcam")
+DEFAULT_THRESHOLD = {"fcn": "50%", "cam": "50%", "gradcam": "50%"}
+BACKGROUNDS = ("blank", "none")
+DEFAULT_MIN_SCORE = {"fcn": 0.9, "cam": 0.2, "gradcam": 0.2}
+
+
+@dataclass
+class Localization:
+    """The answer for one image: classes present, boxes (original image pixels) and the heat maps behind them."""
+
+    image: str
+    size: tuple[int, int]  # original width, height
+    map_size: tuple[int, int]  # class map width, height
+    stride: float  # original-image pixels per map cell
+    classes: list[dict]
+    detections: list[Detection]
+    heat: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # class -> map at network-input size
+    frame: int | None = None
+
+    def to_dict(self) -> dict:
+        d = {"image": self.image, "size": list(self.size), "map_size": list(self.map_size), "stride": self.stride,
+             "classes": self.classes, "detections": [det.to_dict() for det in self.detections]}
+        if self.frame is not None:
+            d["frame"] = self.frame
+        return d
+
+
+def as_run(obj: Run | str | Path | nn.Module, classes: Sequence[str] | None = None,
+           preprocess: Preprocess | None = None) -> Run:
+    """A Run from a run directory, a Run, or a model (with ``classes`` and ``preprocess``, defaults: "0".."K-1" and
+    the model's training size with mean = std = 0.5)."""
+    if isinstance(obj, Run):
+        return obj
+    if isinstance(obj, (str, Path)):
+        return load_run(obj)
+    if isinstance(obj, nn.Module):
+        cfg = getattr(obj, "config", None)
+        mcfg = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else {}
+        num = int(mcfg.get("num_classes", 0)) or (len(classes) if classes else 0)
+        names = list(classes) if classes is not None else [str(i) for i in range(num)]
+        pre = preprocess or Preprocess(channels=int(mcfg.get("in_channels", 3)), img_size=int(mcfg.get("img_size", 224)))
+        return Run(None, {"classes": names, "preprocess": pre.to_dict(), "model": mcfg}, model=obj.eval())
+    raise ConfigError(f"localize needs a run directory, a Run or a model, not {type(obj).__name__}")
+
+
+@dataclass
+class _Found:
+    """One image's raw result at network-input size: regions (class, score, box), heat maps, class-map size."""
+
+    regions: list[tuple[int, float, tuple[float, float, float, float]]]
+    heat: dict[int, np.ndarray]
+    map_hw: tuple[int, int]
+
+
+class Localizer:
+    """Localises classes in images with one trained model; see the module docstring for the methods.
+
+    ``min_score``: for fcn the probability a region must reach (default 0.9), for cam/gradcam the lowest class
+    probability (default 0.2). ``threshold``: how far a box extends -- fcn: within each region, ``50%`` (default:
+    where the class evidence is at least half the region's peak), ``otsu`` (Otsu's cut of the region's evidence) or
+    ``0.7`` (where the probability is at least 0.7); cam/gradcam: the cut of the [0, 1] map (``50%`` default,
+    ``otsu``, or a value). ``background``: ``blank`` (fcn, default) measures class evidence against what the model
+    says about a blank image, so plain background belongs to no class; ``none`` keeps the plain softmax over the
+    classes (the MATLAB recipe). ``smooth``: average the fcn logit maps over k x k cells first (noisy maps). ``topk``: at most this many classes per image; ``scale``: resize factor applied
+    before the network (object sizes should match the training images'); ``max_side``: shrink larger images so that
+    their longer side is at most this; ``min_area``: regions smaller than this many network-input pixels are noise
+    (default: one class-map cell, stride x stride).
+    """
+
+    def __init__(self, run: Run, *, method: str = "fcn", threshold: str | float | Threshold | None = None,
+                 topk: int = 5, min_score: float | None = None, multilabel: bool = False, nms_iou: float = 0.5,
+                 scale: float | None = None, max_side: int | None = None, layer: str | None = None,
+                 background: str = "blank", smooth: int = 1, min_area: int | None = None, device: str | torch.device | None = None):
+        if method not in METHODS:
+            raise ConfigError(f"unknown --method {method!r}: choose {', '.join(METHODS)}")
+        if background not in BACKGROUNDS:
+            raise ConfigError(f"unknown --background {background!r}: choose {', '.join(BACKGROUNDS)}")
+        if smooth < 1 or smooth % 2 == 0:
+            raise ConfigError(f"--smooth must be an odd number of map cells, 1, 3, 5... (got {smooth})")
+        if topk < 1:
+            raise ConfigError(f"--topk must be at least 1 (got {topk})")
+        if scale is not None and scale <= 0:
+            raise ConfigError(f"--scale must be positive (got {scale})")
+        if max_side is not None and max_side < 8:
+            raise ConfigError(f"--max-side must be at least 8 pixels (got {max_side})")
+        self.run, self.method, self.topk, self.multilabel = run, method, int(topk), bool(multilabel)
+        self.smooth = int(smooth)
+        self.threshold = Threshold.parse(threshold if threshold is not None else DEFAULT_THRESHOLD[method])
+        self.min_score = float(min_score if min_score is not None else DEFAULT_MIN_SCORE[method])
+        self.nms_iou, self.scale, self.max_side, self.layer, self.min_area = nms_iou, scale, max_side, layer, min_area
+        self.classes = list(run.classes)
+        self.pre = run.preprocess
+        net = run.model
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.fcn = None if method == "gradcam" else to_fcn(net).to(self.device)
+        self.net = net.to(self.device).eval() if method == "gradcam" else None
+        self.reference = None
+        if method == "fcn" and background == "blank" and not multilabel:
+            self.reference = background_reference(self.fcn, self.pre.channels, self.pre.img_size)  # type: ignore[arg-type]
+
+    # -- input ---------------------------------------------------------------------------------------------------
+    def prepare(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
+        """An image (path, PIL image or uint8 array) -> uint8 C x H x W network input (mode converted, rescaled by
+        ``scale``/``max_side``, aspect ratio kept) and the original (width, height)."""
+        t = to_uint8(to_pil(image), self.pre, resize=False)
+        h, w = int(t.shape[-2]), int(t.shape[-1])
+        s = float(self.scale or 1.0)
+        if self.max_side:
+            s = min(s, self.max_side / max(h, w))
+        if s != 1.0:
+            t = TF.resize(t, [max(1, round(h * s)), max(1, round(w * s))], antialias=True)
+        return t, (w, h)
+
+    # -- the work ------------------------------------------------------------------------------------------------
+    def __call__(self, images: Sequence[Any], names: Sequence[str] | None = None,
+                 batch_size: int = 16) -> list[Localization]:
+        """Localise ``images``; consecutive images of the same input size are batched."""
+        names = list(names) if names is not None else [_name(im, i) for i, im in enumerate(images)]
+        out: list[Localization] = []
+        pending: list[tuple[torch.Tensor, tuple[int, int], str]] = []
+        for im, name in zip(images, names):
+            t, size = self.prepare(im)
+            if pending and (t.shape != pending[0][0].shape or len(pending) >= batch_size):
+                out.extend(self._run_batch(pending))
+                pending = []
+            pending.append((t, size, name))
+        if pending:
+            out.extend(self._run_batch(pending))
+        return out
+
+    def _run_batch(self, items: list[tuple[torch.Tensor, tuple[int, int], str]]) -> list[Localization]:
+        x = normalize(torch.stack([t for t, _, _ in items]).to(self.device), self.pre)
+        try:
+            found = self._fcn_regions(x) if self.method == "fcn" else self._ranked_regions(x)
+        except RuntimeError as e:
+            if "size" in str(e).lower() or "kernel" in str(e).lower():
+                raise ConfigError(f"image {items[0][2]} ({x.shape[-1]}x{x.shape[-2]} after scaling) is too small for "
+                                  f"this model: use a larger image or --scale") from None
+            raise
+        h_in, w_in = x.shape[-2:]
+        results = []
+        for (_, size, name), f in zip(items, found):
+            sx, sy = size[0] / w_in, size[1] / h_in
+            dets = [Detection(k, self._label(k), score, _rescale(box, sx, sy, size)) for k, score, box in f.regions]
+            dets = nms_per_class(dets, self.nms_iou)
+            ranked = rank_classes(dets, self.topk)
+            keep = {c["class_index"] for c in ranked}
+            dets = [d for d in dets if d.class_index in keep]
+            stride = _stride(self.fcn.stride if self.fcn is not None else w_in / f.map_hw[1], sx)
+            results.append(Localization(name, size, (f.map_hw[1], f.map_hw[0]), stride, ranked, dets,
+                                        {k: v for k, v in f.heat.items() if k in keep}))
+        return results
+
+    def _fcn_regions(self, x: torch.Tensor) -> list[_Found]:
+        """fcn: regions where a class is the most likely one (softmax) with probability >= ``min_score``; each box
+        covers the part of its region that passes ``threshold``."""
+        maps = class_maps(self.fcn, x, self.multilabel, self.reference, self.smooth)  # type: ignore[arg-type]
+        probs, evidence = maps.probs.float(), maps.evidence.float()
+        size = tuple(x.shape[-2:])
+        out = []
+        for i in range(x.shape[0]):
+            cand = self._candidates(probs[i].amax(dim=(1, 2)))
+            if not cand:
+                out.append(_Found([], {}, tuple(probs.shape[-2:])))
+                continue
+            where = (maps.stride, maps.offset)
+            p = upsample(probs[i, cand][None], size, *where)[0].cpu().numpy()
+            e = upsample(evidence[i, cand][None], size, *where)[0].cpu().numpy()
+            margin = _margin(evidence[i], cand, self.reference is not None)
+            leads = upsample(margin[None], size, *where)[0].cpu().numpy() > 0
+            regions = []
+            for j, k in enumerate(cand):
+                mask = (p[j] >= self.min_score) & (leads[j] if not self.multilabel else True)
+                extent = p[j] if self.threshold.mode == "abs" else e[j]
+                regions += [(k, s, b) for s, b in region_boxes(mask, p[j], extent, self.threshold,
+                                                               self._min_area(maps.stride))]
+            out.append(_Found(regions, {k: p[j] for j, k in enumerate(cand)}, tuple(probs.shape[-2:])))
+        return out
+
+    def _ranked_regions(self, x: torch.Tensor) -> list[_Found]:
+        """cam/gradcam: the top classes of the image-level prediction, each with its map scaled to [0, 1]."""
+        where: tuple = (None, None)
+        if self.method == "cam":
+            maps = class_maps(self.fcn, x)  # type: ignore[arg-type]
+            where = (maps.stride, maps.offset)
+            probs = self._probs(maps.image_logits)
+            chosen = probs.topk(min(self.topk, probs.shape[1]), dim=1).indices
+            fmaps = maps.logits.gather(1, chosen[:, :, None, None].expand(-1, -1, *maps.logits.shape[-2:]))
+        else:
+            with torch.no_grad():
+                probs = self._probs(self.net(x))  # type: ignore[misc]
+            chosen = probs.topk(min(self.topk, probs.shape[1]), dim=1).indices
+            fmaps, _ = grad_cam(self.net, x, chosen, self.layer)  # type: ignore[arg-type]
+        heat = upsample(normalize_maps(fmaps.float()), tuple(x.shape[-2:]), *where).cpu().numpy()
+        out = []
+        for i in range(x.shape[0]):
+            regions, shown = [], {}
+            for j, k in enumerate(int(c) for c in chosen[i]):
+                prob = float(probs[i, k])
+                if prob < self.min_score:
+                    continue
+                shown[k] = heat[i, j]
+                level = self.threshold.level(heat[i, j])
+                cell = x.shape[-1] / fmaps.shape[-1]
+                regions += [(k, prob * s, b) for s, b in component_boxes(heat[i, j], level, self._min_area(cell))]
+            out.append(_Found(regions, shown, tuple(fmaps.shape[-2:])))
+        return out
+
+    def _min_area(self, stride: float) -> int:
+        return int(self.min_area) if self.min_area is not None else max(1, int(stride * stride))
+
+    def _candidates(self, peaks: torch.Tensor) -> list[int]:
+        """Classes whose map peaks at or above ``min_score``, best first, at most ``topk``."""
+        order = torch.argsort(peaks, descending=True)[: self.topk]
+        return [int(k) for k in order if float(peaks[k]) >= self.min_score]
+
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+
+    def _label(self, k: int) -> str:
+        return self.classes[k] if k < len(self.classes) else str(k)
+
+
+def _margin(evidence: torch.Tensor, classes: list[int], background: bool) -> torch.Tensor:
+    """For each class in ``classes`` (k x h x w): its evidence minus the best other class's (and the background's
+    0 when ``background``); positive where the class is the most likely one."""
+    full = torch.cat([evidence, torch.zeros_like(evidence[:1])]) if background else evidence
+    top2 = full.topk(min(2, full.shape[0]), dim=0).values
+    mine = full[classes]
+    best_other = torch.where(mine >= top2[0], top2[-1], top2[0])
+    return mine - best_other if full.shape[0] > 1 else torch.ones_like(mine)
+
+
+def _name(im: Any, i: int) -> str:
+    return str(im) if isinstance(im, (str, Path)) else f"#{i}"
+
+
+def _rescale(box: tuple[float, float, float, float], sx: float, sy: float, size: tuple[int, int]):
+    x0, y0, x1, y1 = box
+    w, h = size
+    return (max(0.0, x0 * sx), max(0.0, y0 * sy), min(float(w), x1 * sx), min(float(h), y1 * sy))
+
+
+def _stride(stride: float, sx: float) -> float | int:
+    s = round(float(stride) * sx, 4)
+    return int(s) if s == int(s) else s
+
+
+# -- files in, files out ------------------------------------------------------------------------------------------
+def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """Files and folders (recursively: images and videos) -> a sorted list of files."""
+    from ..data.images import IMAGE_EXTENSIONS
+    from .video import VIDEO_EXTENSIONS
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = [f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                     and f.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS]
+            out.extend(sorted(found))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise GapvisionError(f"{p}: no such file or folder")
+    return out
+
+
+class OutputWriter:
+    """Writes ``<stem>.json``, ``<stem>_boxes.png`` and ``<stem>_maps.png`` per image into ``out``."""
+
+    def __init__(self, out: str | Path, render: bool = True):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.render = render
+        self._stems: set[str] = set()
+
+    def stem(self, name: str) -> str:
+        base = Path(name).stem if not name.startswith("#") else f"image{name[1:]}"
+        stem, n = base, 1
+        while stem in self._stems:
+            n += 1
+            stem = f"{base}-{n}"
+        self._stems.add(stem)
+        return stem
+
+    def write(self, loc: Localization, image: Image.Image) -> str:
+        stem = self.stem(loc.image)
+        atomic.write_json(self.out / f"{stem}.json", loc.to_dict())
+        if self.render:
+            from .render import draw_detections, heatmap_grid
+
+            boxes = draw_detections(image, loc.detections)
+            atomic.write_with(self.out / f"{stem}_boxes.png", lambda p: boxes.save(p, format="PNG"))
+            panels = [(f"{c['label']} {c['score']:.2f}", loc.heat[c["class_index"]]) for c in loc.classes
+                      if c["class_index"] in loc.heat]
+            heatmap_grid(image, panels, self.out / f"{stem}_maps.png")
+        return stem
+
+
+def localize(run_or_model: Run | str | Path | nn.Module, images: Any, out: str | Path | None = None, *,
+             classes: Sequence[str] | None = None, preprocess: Preprocess | None = None, render: bool = True,
+             every: int = 1, batch_size: int = 16, **options: Any) -> list[dict]:
+    """Localise the classes of ``run_or_model`` in ``images`` and return one JSON-ready dict per image (per frame
+    for videos): ``{"image", "size", "map_size", "stride", "classes", "detections"}``, boxes in image pixels.
+
+    ``images``: paths (images, folders, video files), PIL images or uint8 arrays. With ``out`` every image gets
+    ``<stem>.json``, ``<stem>_boxes.png`` and ``<stem>_maps.png``; a video gets ``<stem>.json`` (all frames) and
+    ``<stem>_boxes.gif``. ``options`` go to :class:`Localizer` (method, threshold, topk, min_score, multilabel,
+    nms_iou, scale, max_side, layer, device); ``every`` keeps every n-th video frame.
+    """
+    loc = Localizer(as_run(run_or_model, classes, preprocess), **options)
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if any(isinstance(i, (str, Path)) for i in items):
+        items = [p for i in items for p in (expand_inputs([i]) if isinstance(i, (str, Path)) else [i])]
+        if not items:
+            raise GapvisionError("no images found in " + ", ".join(map(str, images if isinstance(images, (list, tuple))
+                                                                         else [images])))
+    writer = OutputWriter(out, render) if out is not None else None
+    results: list[dict] = []
+    pending: list[tuple[int, Any]] = []
+
+    def flush() -> None:
+        pils = [to_pil(im) for _, im in pending]
+        for res, pil in zip(loc(pils, [_name(im, i) for i, im in pending], batch_size), pils):
+            if writer is not None:
+                writer.write(res, pil)
+            results.append(res.to_dict())
+        pending.clear()
+
+    for i, im in enumerate(items):
+        if isinstance(im, Path) and is_video(im):
+            flush()
+            results.extend(localize_video(loc, im, writer, every=every, batch_size=batch_size))
+            continue
+        pending.append((i, im))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return results
+
+
+def localize_video(loc: Localizer, path: Path, writer: OutputWriter | None = None, *, every: int = 1,
+                   batch_size: int = 16) -> list[dict]:
+    """Localise every ``every``-th frame of a video file; with a writer, save ``<stem>.json`` (all frames) and an
+    animated ``<stem>_boxes.gif``."""
+    from .render import draw_detections
+
+    frames: list[dict] = []
+    boxed: list[Image.Image] = []
+    fps = None
+    for chunk, fps in _chunks(read_frames(path, every), batch_size):
+        results = loc([im for _, im in chunk], [f"{path}#{n}" for n, _ in chunk], batch_size=batch_size)
+        for (n, im), res in zip(chunk, results):
+            res.frame = n
+            frames.append(res.to_dict())
+            if writer is not None and writer.render:
+                boxed.append(draw_detections(im, res.detections))
+    if writer is not None:
+        stem = writer.stem(str(path))
+        atomic.write_json(writer.out / f"{stem}.json", {"video": str(path), "fps": fps, "every": every,
+                                                        "frames": frames})
+        if boxed:
+            duration = int(1000 * every / fps) if fps else 100
+            atomic.write_with(writer.out / f"{stem}_boxes.gif", lambda p: boxed[0].save(
+                p, format="GIF", save_all=True, append_images=boxed[1:], duration=duration, loop=0))
+    return frames
+
+
+def _chunks(frames: Iterator[tuple[int, Image.Image, float | None]], size: int):
+    chunk: list[tuple[int, Image.Image]] = []
+    fps = None
+    for n, im, fps in frames:
+        chunk.append((n, im))
+        if len(chunk) == size:
+            yield chunk, fps
+            chunk = []
+    if chunk:
+        yield chunk, fps
+
+
+def stream_camera(run_or_model: Run | str | Path | nn.Module, index: int = 0, out: str | Path | None = None, *,
+                  frames: int | None = None, every: int = 1, **options: Any) -> Iterator[dict]:
+    """Localise webcam ``index`` frame by frame (needs OpenCV); yields one dict per processed frame. With ``out``,
+    ``camera_boxes.png`` always shows the latest frame and ``camera.jsonl`` collects the results."""
+    from .render import draw_detections
+    from .video import camera_frames
+
+    loc = Localizer(as_run(run_or_model), **options)
+    log = None
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        log = open(Path(out) / "camera.jsonl", "a", encoding="utf-8")
+    try:
+        for count, (n, im) in enumerate(camera_frames(index, every)):
+            (res,) = loc([im], [f"camera:{index}#{n}"])
+            res.frame = n
+            d = res.to_dict()
+            if out is not None and log is not None:
+                log.write(json.dumps(d) + "\n")
+                log.flush()
+                atomic.write_with(Path(out) / "camera_boxes.png",
+                                  lambda p, im=im, res=res: draw_detections(im, res.detections).save(p, format="PNG"))
+            yield d
+            if frames is not None and count + 1 >= frames:
+                break
+    finally:
+        if log is not None:
+            log.close()

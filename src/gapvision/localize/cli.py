@@ -1,0 +1,110 @@
+"""``gapvision localize``: the sub-command (registered into gapvision.cli on import)."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .. import cli
+from ..errors import GapvisionError
+
+
+def register(sub: Any) -> None:
+    """Add the ``localize`` sub-parser to ``sub`` (the CLI's sub-parsers) and its handler to ``cli.COMMANDS``."""
+    p = sub.add_parser(
+        "localize", help="where is each class: class maps, boxes and heat-map grids for images, folders and videos",
+        description="Per image: <stem>.json (classes and boxes in image pixels), <stem>_boxes.png and "
+                    "<stem>_maps.png (a heat-map overlay per detected class) in --out.",
+    )
+    p.add_argument("paths", nargs="*", metavar="[RUN_DIR] IMAGE_OR_DIR",
+                   help="a run directory then images, folders or video files (with --model: only the inputs)")
+    p.add_argument("--out", help="output folder (without it, results are only printed)")
+    p.add_argument("--method", choices=["fcn", "cam", "gradcam"], default="fcn",
+                   help="fcn: exact class maps, all classes in one pass (default); cam; gradcam")
+    p.add_argument("--threshold", help="box extent: a fraction of each region's peak (50%%, default), otsu, or a "
+                   "probability (fcn) / map value (cam, gradcam) such as 0.7")
+    p.add_argument("--min-score", type=float, help="fcn: the probability a class region must reach (default 0.9); "
+                   "cam/gradcam: the lowest class probability (default 0.2)")
+    p.add_argument("--topk", type=int, default=5, help="at most K classes per image (default 5)")
+    p.add_argument("--background", choices=["blank", "none"], default="blank",
+                   help="fcn: blank (default) measures evidence against a blank image, so plain background is no "
+                   "class; none: plain softmax over the classes")
+    p.add_argument("--smooth", type=int, default=1, metavar="K",
+                   help="fcn: average the class maps over K x K cells first (odd K; helps noisy maps, e.g. SqueezeNet)")
+    p.add_argument("--multilabel", action="store_true", help="sigmoid per class instead of a softmax over classes")
+    p.add_argument("--min-area", type=int, help="ignore regions smaller than this many pixels of the network input "
+                   "(default: one class-map cell)")
+    p.add_argument("--nms-iou", type=float, default=0.5, help="per-class non-maximum suppression IoU (default 0.5)")
+    p.add_argument("--max-side", type=int, help="shrink images whose longer side exceeds this many pixels")
+    p.add_argument("--scale", type=float, help="resize factor before the network (match the training object size)")
+    p.add_argument("--layer", help="gradcam: the layer to explain (dotted module name; default the last feature map)")
+    p.add_argument("--every", type=int, default=1, help="videos and camera: every N-th frame (default 1)")
+    p.add_argument("--camera", type=int, metavar="N", help="stream webcam N (needs OpenCV)")
+    p.add_argument("--frames", type=int, help="camera: stop after this many frames (default: until Ctrl-C)")
+    p.add_argument("--evaluate", metavar="DATA", help="score localisation on scenes with boxes, e.g. "
+                   "builtin:shapes-scenes (writes --out/evaluation.json)")
+    p.add_argument("--no-render", action="store_true", help="write only the JSON files, no pictures")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument("--output", metavar="FILE.jsonl", help="write the --json records of still images to FILE in input "
+                   "order (no pictures); under torchrun the processes share the images; a rerun skips those done")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    cli.add_pretrained_args(p)
+    cli.COMMANDS["localize"] = cmd_localize
+
+
+def cmd_localize(a: argparse.Namespace) -> None:
+    from ..predict import open_predictor
+    from .api import localize, stream_camera
+    from .evaluate import evaluate_scenes
+
+    if a.model:
+        run_dir, images = None, list(a.paths)
+    elif a.paths:
+        run_dir, images = a.paths[0], list(a.paths[1:])
+    else:
+        raise GapvisionError("give a RUN_DIR (then images, --evaluate DATA or --camera N), or --model/--weights/--labels")
+    run = open_predictor(run_dir, model=a.model, weights=a.weights, labels=a.labels, normalize=a.normalize,
+                         img_size=a.img_size, head=a.head, crop=a.crop)
+    options: dict[str, Any] = {
+        "method": a.method, "threshold": a.threshold, "min_score": a.min_score, "topk": a.topk,
+        "multilabel": a.multilabel, "background": a.background, "smooth": a.smooth, "min_area": a.min_area, "nms_iou": a.nms_iou,
+        "max_side": a.max_side, "layer": a.layer, "device": a.device,
+    }
+    if a.evaluate:
+        m = evaluate_scenes(run, a.evaluate, a.out, scale=a.scale, **options)
+        print(f"{m['images']} images of {m['data']} at scale {m['scale']:g} ({m['method']}, threshold {m['threshold']}):"
+              f" presence precision {m['presence_precision']:.3f} recall {m['presence_recall']:.3f} "
+              f"F1 {m['presence_f1']:.3f} | boxes mean IoU {m['mean_iou']:.3f} AP@0.5 {m['ap50']:.3f}")
+        if a.out:
+            print(f"written to {a.out}/evaluation.json")
+        return
+    if a.camera is not None:
+        for d in stream_camera(run, a.camera, a.out, frames=a.frames, every=a.every, scale=a.scale, **options):
+            print(json.dumps(d) if a.json else _line(d), flush=True)
+        return
+    if not images:
+        raise GapvisionError("localize needs images, folders or videos (or --evaluate DATA, or --camera N)")
+    if a.output:  # shared across torchrun processes, merged in input order, resumable
+        from ..distributed import current, localize_to_jsonl
+
+        if a.out:
+            raise GapvisionError("--output writes only the JSON records: drop --out (pictures are not sharded)")
+        res = localize_to_jsonl(run, images, a.output, scale=a.scale, **options)
+        if current().is_main:
+            print(res.summary())
+        return
+    results = localize(run, images, a.out, render=not a.no_render, every=a.every, scale=a.scale, **options)
+    for d in results:
+        print(json.dumps(d, ensure_ascii=False) if a.json else _line(d))
+    if a.out and not a.json:
+        print(f"{len(results)} result(s) written to {a.out}")
+
+
+def _line(d: dict) -> str:
+    name = d["image"] if len(d["image"]) <= 50 else "..." + d["image"][-47:]
+    boxes = "; ".join(f"{x['label']} {x['score']:.2f} [{', '.join(f'{v:.0f}' for v in x['box'])}]"
+                      for x in d["detections"])
+    return f"{name}  {boxes or '(nothing above the threshold)'}"
+
+
+cli.EXTENSIONS.append(register)
