@@ -45,6 +45,9 @@ def add_preprocess_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--normalize", choices=["auto", "imagenet", "half", "caffe"],
                    help="auto: train-split statistics (default); imagenet; half: mean 0.5 std 0.5; caffe: BGR 0-255")
     g.add_argument("--augment", choices=["none", "basic", "strong"], help="train-time augmentation (default basic)")
+    g.add_argument("--in-memory", choices=["auto", "on", "off"],
+                   help="decode every image once into memory and augment whole batches (auto: when the decoded set "
+                        "fits in a quarter of the free memory; default)")
 
 
 def add_model_args(p: argparse.ArgumentParser, head: bool = True) -> None:
@@ -84,6 +87,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bars or per-epoch lines")
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)")
+    g.add_argument("--recipe", choices=["auto", "fast", "none"],
+                   help="fast: the fast small-image recipe fills every option you do not set; auto (default): fast for "
+                        "images <= 64 px when --model and the optimiser options are not given; none: plain defaults")
+    g.add_argument("--ema", type=float, help="evaluate and save a moving average of the weights (decay per step, "
+                   "e.g. 0.99; 0 = off)")
+    g.add_argument("--tta", choices=["off", "flip"], help="test-time augmentation when evaluating (flip: average "
+                   "with the mirrored image)")
 
 
 OPTION_NAMES = (
@@ -91,7 +101,7 @@ OPTION_NAMES = (
     "channels", "img_size", "normalize", "augment", "dropout", "hidden", "weights", "freeze", "epochs", "batch_size",
     "optimizer", "lr", "weight_decay", "momentum", "label_smoothing", "schedule", "warmup_epochs", "step_epochs",
     "step_gamma", "clip_grad", "patience", "seed", "deterministic", "device", "amp", "channels_last", "workers", "quiet",
-    "tensorboard",
+    "tensorboard", "in_memory", "recipe", "ema", "tta",
 )
 
 
@@ -115,7 +125,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         return
     if not a.data:
         raise GapvisionError("train needs --data (or --resume RUN_DIR)")
-    train(a.data, a.model or "gapcnn", a.head or "gap", out=a.out, **collect(a))
+    train(a.data, a.model, a.head, out=a.out, **collect(a))  # no --model: the recipe's or gapcnn (see recipes.py)
 
 
 @command("evaluate")

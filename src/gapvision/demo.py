@@ -5,8 +5,11 @@ from pathlib import Path
 
 from .runs import Run, default_run_dir
 
+# Per-image augmentation (flip, small rotation, colour jitter; the streaming path): the class maps of the result
+# localise shapes in multi-object scenes far better (presence F1 0.99 vs 0.84, `gapvision localize --evaluate`)
+# than without augmentation or with the in-memory flip + translate.
 DEMO = dict(data="builtin:shapes?n=1200&size=64", model="fastnet_s", head="gap", epochs=6, batch_size=64,
-            optimizer="sgd", lr=0.05, augment="none", img_size=64)
+            optimizer="sgd", lr=0.05, augment="basic", in_memory="off", img_size=64)
 
 
 def run_demo(out: str | Path | None = None, quiet: bool = False) -> Run:

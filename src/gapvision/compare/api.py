@@ -112,7 +112,7 @@ def compare(
         feed, info = choose_path(features, net, splits, pre, dopts, tcfg, store, cache_limit)
         if feed is not None:
             say(f"seed {seed}: computing the frozen backbone's feature maps once for {len(heads)} heads")
-            store.warm(net, splits, pre, dopts.augment, replace(tcfg, seed=seed))
+            store.warm(net, splits, pre, dopts.augment, replace(tcfg, seed=seed), dopts.in_memory)
             info = {**info, **store.describe()}
         backbone_state = {k: v.detach().clone() for k, v in net.backbone.state_dict().items()}
         del net

@@ -142,33 +142,36 @@ class FeatureStore:
         return self._plain[key]
 
     def views(self, key: str, images: ImageSet, pre: Preprocess, backbone: nn.Module, epoch: int, *, augment: str,
-              batch_size: int, seed: int, workers: int, device: torch.device) -> list[MapBatch]:
-        """Maps of the augmented training batches of ``epoch``: exactly those the streaming path would draw."""
+              batch_size: int, seed: int, workers: int, device: torch.device, in_memory: str = "off") -> list[MapBatch]:
+        """Maps of the augmented training batches of ``epoch``: exactly those the training pipeline would draw
+        (streamed per image, or augmented per batch in memory: ``in_memory`` as in make_batches)."""
         if (key, epoch) not in self._views:
-            stream = make_batches(images, pre, batch_size, train=True, augment=augment, seed=seed, workers=workers)
+            stream = make_batches(images, pre, batch_size, train=True, augment=augment, seed=seed, workers=workers,
+                                  in_memory=in_memory, device=device)
             self._views[key, epoch] = self._run(backbone, stream, epoch, device)
             self._track()
         return self._views[key, epoch]
 
     # -- the pipeline hook ---------------------------------------------------------------------------------------
     def sources(self, net: Classifier, splits: DataSplits, pre: Preprocess, augment: str,
-                tcfg: TrainConfig) -> tuple["CachedBatches", "CachedBatches", "CachedBatches | None"]:
+                tcfg: TrainConfig, in_memory: str = "off") -> tuple["CachedBatches", "CachedBatches", "CachedBatches | None"]:
         """Train, val and test batch sources of cached maps for ``net``'s backbone (computed lazily)."""
         def source(images: ImageSet, train: bool) -> CachedBatches:
             return CachedBatches(self, images, pre, net.backbone, tcfg, augment=augment if train else "none",
-                                 shuffle=train)
+                                 shuffle=train, in_memory=in_memory)
 
         test = source(splits.test, False) if splits.test is not None and len(splits.test) else None
         return source(splits.train, True), source(splits.val, False), test
 
     def feed(self, net: Classifier, splits: DataSplits, pre: Preprocess, dopts: DataOptions, tcfg: TrainConfig) -> Feed:
         """What ``pipeline.train``/``resume`` call (their ``feed=`` hook): the head-only network and cached batches."""
-        train, val, test = self.sources(net, splits, pre, dopts.augment, tcfg)
+        train, val, test = self.sources(net, splits, pre, dopts.augment, tcfg, dopts.in_memory)
         return Feed(CachedClassifier(net), train, val, test)
 
-    def warm(self, net: Classifier, splits: DataSplits, pre: Preprocess, augment: str, tcfg: TrainConfig) -> None:
+    def warm(self, net: Classifier, splits: DataSplits, pre: Preprocess, augment: str, tcfg: TrainConfig,
+             in_memory: str = "off") -> None:
         """Compute every map the runs of one seed will need, before they start (so no run's time includes it)."""
-        for source in self.sources(net, splits, pre, augment, tcfg):
+        for source in self.sources(net, splits, pre, augment, tcfg, in_memory):
             if source is not None:
                 source.prepare(range(tcfg.epochs))
 
@@ -181,9 +184,9 @@ class CachedBatches:
     """
 
     def __init__(self, store: FeatureStore, images: ImageSet, pre: Preprocess, backbone: nn.Module, tcfg: TrainConfig,
-                 *, augment: str = "none", shuffle: bool = False):
+                 *, augment: str = "none", shuffle: bool = False, in_memory: str = "off"):
         self.store, self.images, self.pre, self.backbone = store, images, pre, backbone
-        self.augment = augment
+        self.augment, self.in_memory = augment, in_memory
         self.batch_size, self.seed, self.workers = tcfg.batch_size, tcfg.seed, tcfg.workers
         self.device = resolve_device(tcfg.device)
         self.order = StreamingBatches(_index_set(images), _same, tcfg.batch_size, shuffle=shuffle, seed=tcfg.seed,
@@ -195,7 +198,7 @@ class CachedBatches:
     def key(self) -> str:
         """The fingerprint of these maps, taken on first use: the backbone is frozen while the run trains."""
         if self._key is None:
-            extra = (self.augment, self.batch_size, self.seed) if self.augment != "none" else ()
+            extra = (self.augment, self.batch_size, self.seed, self.in_memory) if self.augment != "none" else ()
             self._key = fingerprint(self.images, self.pre, self.backbone, self.store.dtype, *extra)
         return self._key
 
@@ -218,7 +221,8 @@ class CachedBatches:
 
     def _views(self, epoch: int) -> list[MapBatch]:
         return self.store.views(self.key, self.images, self.pre, self.backbone, epoch, augment=self.augment,
-                                batch_size=self.batch_size, seed=self.seed, workers=self.workers, device=self.device)
+                                batch_size=self.batch_size, seed=self.seed, workers=self.workers, device=self.device,
+                                in_memory=self.in_memory)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.augment != "none":

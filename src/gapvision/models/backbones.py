@@ -171,6 +171,7 @@ def _fastnet(name: str, widths: tuple[int, int, int, int]) -> Backbone:
 
 
 register_backbone("fastnet")(partial(_fastnet, "fastnet", (32, 64, 256, 256)))
+register_backbone("fastnet_m")(partial(_fastnet, "fastnet_m", (32, 64, 128, 256)))
 register_backbone("fastnet_s")(partial(_fastnet, "fastnet_s", (16, 32, 64, 128)))
 
 

@@ -8,6 +8,8 @@ from ..errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "cosine", "onecycle", "step")
+RECIPES = ("auto", "fast", "none")
+TTA_MODES = ("off", "flip")
 
 
 @dataclass
@@ -33,6 +35,9 @@ class TrainConfig:
     workers: int = -1  # DataLoader workers; -1 = auto
     quiet: bool = False
     tensorboard: bool = False  # per-epoch scalars in RUN_DIR/tensorboard (needs the tensorboard package)
+    recipe: str = "auto"  # fast | none | auto (fast for images <= 64 px when no hyperparameter is set); train/recipes.py
+    ema: float = 0.0  # decay per step of an exponential moving average of the weights, evaluated and saved; 0 = off
+    tta: str = "off"  # test-time augmentation when evaluating: off | flip (average with the mirrored image)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -45,6 +50,12 @@ class TrainConfig:
             raise ConfigError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0 (got {self.lr})")
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"unknown --recipe {self.recipe!r}: choose {', '.join(RECIPES)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"--ema must be at least 0 and below 1 (got {self.ema}); 0 turns it off")
+        if self.tta not in TTA_MODES:
+            raise ConfigError(f"--tta must be {' or '.join(TTA_MODES)} (got {self.tta!r})")
         for name in ("amp", "channels_last"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise ConfigError(f"--{name.replace('_', '-')} must be auto, on or off")

@@ -16,6 +16,7 @@ from torch import nn
 from .. import __version__, distributed
 from ..data.imageset import DataSplits, ImageSet
 from ..data.loaders import Batches, StreamingBatches
+from ..data.memory import MemoryBatches, batch_augment, use_in_memory
 from ..data.transforms import Preprocess, eval_transform, train_transform
 from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.classifier import Classifier, ModelConfig, create_model
@@ -23,6 +24,7 @@ from ..plots import plot_confusion, plot_curves
 from ..runs import FORMAT_VERSION, Run, RunWriter, default_run_dir, load_checkpoint, load_run, load_run_weights
 from . import metrics as M
 from .config import TrainConfig
+from .recipes import apply_recipe
 from .trainer import Trainer, TrainingDiverged, resolve_device, seed_everything, set_deterministic
 
 
@@ -43,6 +45,7 @@ class DataOptions:
     img_size: int | None = None
     normalize: str = "auto"
     augment: str = "basic"
+    in_memory: str = "auto"  # auto | on | off: decode every image once into memory, augment whole batches (memory.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,12 +97,18 @@ def prepare_data(opts: DataOptions, seed: int = 0, preprocess: Preprocess | None
 
 def make_batches(
     images: ImageSet, pre: Preprocess, batch_size: int, *, train: bool = False, augment: str = "none", seed: int = 0,
-    workers: int = -1, sampler_factory: Any = None,
+    workers: int = -1, sampler_factory: Any = None, in_memory: str = "off", device: torch.device | str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Batches:
     """Batches of one split: shuffled and augmented for training, in order and plain otherwise.
 
     ``sampler_factory`` (DDP: this rank's share, see distributed.py) picks the images; then ``batch_size`` is per rank.
+    ``in_memory`` (auto/on/off) chooses the in-memory path (decoded once, resident on ``device``, batch augmentation).
     """
+    if use_in_memory(in_memory, len(images), pre, device or "cpu"):
+        return MemoryBatches.from_images(images, pre, batch_size, workers=workers, log=log, shuffle=train, seed=seed,
+                                         augment=batch_augment(augment, pre.img_size) if train else None,
+                                         device=device, sampler_factory=sampler_factory)
     tf = train_transform(pre, augment) if train else eval_transform(pre)
     return StreamingBatches(images, tf, batch_size, shuffle=train, seed=seed, workers=workers,
                             sampler_factory=sampler_factory)
@@ -140,7 +149,8 @@ def run_config(data: DataOptions, model: ModelOptions, mcfg: ModelConfig, pre: P
     }
 
 
-def train(data: Any = "builtin:shapes", model: str = "gapcnn", head: str = "gap", *, out: str | Path | None = None,
+def train(data: Any = "builtin:shapes", model: str | None = None, head: str | None = None, *,
+          out: str | Path | None = None,
           splits: DataSplits | None = None, preprocess: Preprocess | None = None,
           backbone_state: dict[str, torch.Tensor] | None = None, feed: FeedFn | None = None, **options: Any) -> Run:
     """Train ``model`` with ``head`` on ``data`` and return the finished :class:`Run`.
@@ -149,6 +159,8 @@ def train(data: Any = "builtin:shapes", model: str = "gapcnn", head: str = "gap"
     ModelOptions (dropout, hidden, weights, freeze) or TrainConfig (epochs, batch_size, optimizer, lr, seed...).
     For compare: ``splits``/``preprocess`` already loaded from ``data``, the ``backbone_state`` to start from, and a
     ``feed`` that swaps the network and batch sources (see :class:`Feed`).
+    ``model``/``head`` None: the recipe's (``recipe=auto``: the fast recipe for images <= 64 px when no optimisation
+    hyperparameter is given, see train/recipes.py), else gapcnn + gap.
     """
     dopts, mopts, tcfg = split_options({"data": data, "model": model, "head": head, **options})
     ctx = distributed.setup(tcfg.device)  # under torchrun: join the process group (no-op otherwise)
@@ -156,6 +168,10 @@ def train(data: Any = "builtin:shapes", model: str = "gapcnn", head: str = "gap"
     seed_everything(tcfg.seed)
     set_deterministic(tcfg.deterministic)
     splits, pre = prepare_data(dopts, tcfg.seed, preprocess, splits)
+    options, recipe = apply_recipe({"model": model, "head": head, **options}, img_size=pre.img_size,
+                                   n_train=len(splits.train))
+    dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
+    tcfg = distributed.per_rank_config(tcfg)
     for note in splits.notes:
         if not tcfg.quiet:
             print(f"note: {note}")
@@ -171,6 +187,7 @@ def train(data: Any = "builtin:shapes", model: str = "gapcnn", head: str = "gap"
     config = run_config(dopts, mopts, net.config, pre, tcfg, splits.classes,  # type: ignore[arg-type]
                         world_size=ctx.world_size)
     config["data_notes"] = list(splits.notes)  # skipped/duplicate images etc., kept with the run (also when --quiet)
+    config["recipe"] = recipe  # which of the resolved options came from the recipe
     writer.json("config.json", config)
     return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config, feed=feed)
 
@@ -215,12 +232,15 @@ def _fit_and_finish(net: Classifier, splits: DataSplits, pre: Preprocess, dopts:
                     writer: RunWriter, config: dict, checkpoint: dict | None = None, feed: FeedFn | None = None) -> Run:
     bs = distributed.local_batch_size(tcfg.batch_size)  # --batch-size is global: B / world_size per process
     shard = distributed.train_sampler(tcfg.batch_size)
-    train_b = make_batches(splits.train, pre, bs, train=True, augment=dopts.augment, seed=tcfg.seed, workers=tcfg.workers,
-                           sampler_factory=shard)
-    val_b = make_batches(splits.val, pre, bs, workers=tcfg.workers, sampler_factory=distributed.eval_sampler())
     fed = feed(net, splits, pre, dopts, tcfg) if feed is not None else None
     if fed is not None:
         net, train_b, val_b = fed.net, fed.train, fed.val  # type: ignore[assignment]
+    else:
+        mem = _memory_options(dopts.in_memory, tcfg)
+        train_b = make_batches(splits.train, pre, bs, train=True, augment=dopts.augment, seed=tcfg.seed,
+                               workers=tcfg.workers, sampler_factory=shard, **mem)
+        val_b = make_batches(splits.val, pre, bs, workers=tcfg.workers, sampler_factory=distributed.eval_sampler(),
+                             **mem)
     on_epoch = None
     if tcfg.tensorboard and writer.enabled:
         from .tensorboard import TensorBoardLogger
@@ -260,6 +280,11 @@ def _fit_and_finish(net: Classifier, splits: DataSplits, pre: Preprocess, dopts:
     return load_run(writer.path)
 
 
+def _memory_options(in_memory: str, tcfg: TrainConfig) -> dict[str, Any]:
+    """make_batches' in-memory arguments for a run: the mode, the training device and a log unless quiet."""
+    return {"in_memory": in_memory, "device": resolve_device(tcfg.device), "log": None if tcfg.quiet else print}
+
+
 def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainConfig, writer: RunWriter,
            config: dict, status: str, feed: Feed | None = None) -> dict:
     """Evaluate the best weights on val (and test, with ``feed``'s batches if given), write metrics.json and figures."""
@@ -272,7 +297,9 @@ def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainCon
     load_run_weights(trainer.net, writer.path / "model.safetensors")
     classes = list(splits.classes)
     bs = tcfg.batch_size
-    val = trainer.evaluate(feed.val if feed is not None else make_batches(splits.val, pre, bs, workers=tcfg.workers))
+    mem = _memory_options(config.get("data", {}).get("in_memory", "off"), tcfg) | {"log": None}
+    val = trainer.evaluate(feed.val if feed is not None else make_batches(splits.val, pre, bs, workers=tcfg.workers,
+                                                                          **mem))
     last = st.history[-1]
     metrics: dict[str, Any] = {
         "status": status,
@@ -292,7 +319,7 @@ def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainCon
     metrics["per_class"] = metrics["val"]["per_class"]
     if splits.test is not None and len(splits.test):
         test_b = feed.test if feed is not None and feed.test is not None else None
-        test = trainer.evaluate(test_b or make_batches(splits.test, pre, bs, workers=tcfg.workers))
+        test = trainer.evaluate(test_b or make_batches(splits.test, pre, bs, workers=tcfg.workers, **mem))
         metrics["test"] = M.summarize(test.targets, test.preds, classes, test.loss)
         metrics["test_acc"] = metrics["test"]["acc"]
     writer.json("metrics.json", metrics)

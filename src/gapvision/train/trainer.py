@@ -6,6 +6,7 @@ optional RunWriter. Everything random in epoch ``e`` is seeded from (seed, e), s
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import time
@@ -73,6 +74,24 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.deterministic = on
 
 
+class WeightAverage:
+    """An exponential moving average of a network's weights and float buffers (as in hlb-CIFAR10 and airbench): every
+    ``every`` steps ``average += (1 - d ** every) * (live - average)`` with ``d = min(decay, (1 + step) / (10 + step))``,
+    so early steps are not averaged in for long. ``net`` is the averaged copy, evaluated and saved."""
+
+    def __init__(self, source: nn.Module, decay: float, every: int = 5):
+        self.decay, self.every = decay, every
+        self.net = copy.deepcopy(source).eval().requires_grad_(False)
+        self._live = [t.detach() for t in source.state_dict(keep_vars=True).values() if t.is_floating_point()]
+        self._avg = [t.detach() for t in self.net.state_dict(keep_vars=True).values() if t.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        if step % self.every == 0:
+            d = min(self.decay, (1 + step) / (10 + step)) ** self.every
+            torch._foreach_lerp_(self._avg, self._live, 1.0 - d)
+
+
 class Trainer:
     """Fits ``net`` with ``cfg``; ``writer`` (optional) receives checkpoints, the best model and the history.
 
@@ -106,6 +125,7 @@ class Trainer:
         self.on_epoch = on_epoch
         self.log = (lambda s: None) if cfg.quiet else log
         self.state = TrainState()
+        self.ema = WeightAverage(self.net, cfg.ema) if cfg.ema > 0 else None
 
     # -- batches ---------------------------------------------------------------------------------------------
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,6 +167,8 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.state.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.state.step)
                 with torch.no_grad():
                     stats += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
                                           torch.tensor(len(y), dtype=torch.float64, device=self.device)])
@@ -162,9 +184,10 @@ class Trainer:
             )
         return loss_sum / max(count, 1), correct / max(count, 1)
 
-    def evaluate(self, batches: Batches, keep_probs: bool = False) -> EvalResult:
-        """Loss, accuracy and predictions over ``batches`` (no augmentation, eval mode)."""
-        net = self.net
+    def evaluate(self, batches: Batches, keep_probs: bool = False, net: nn.Module | None = None) -> EvalResult:
+        """Loss, accuracy and predictions of ``net`` (default: the trained one) over ``batches`` (eval mode; with
+        ``tta=flip`` the logits are averaged with those of the mirrored images)."""
+        net = self.net if net is None else net
         net.eval()
         loss_sum, targets, preds, probs = 0.0, [], [], []
         with torch.inference_mode():
@@ -172,6 +195,8 @@ class Trainer:
                 x, y = self._to_device(x, y)
                 with self._autocast():
                     logits = net(x).float()
+                    if self.cfg.tta == "flip":
+                        logits = 0.5 * (logits + net(x.flip(-1)).float())
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                 targets.append(y.cpu())
                 preds.append(logits.argmax(1).cpu())
@@ -192,7 +217,7 @@ class Trainer:
         for epoch in range(st.epoch, cfg.epochs):
             t0 = time.perf_counter()
             train_loss, train_acc = self.train_epoch(train, epoch)
-            ev = self.evaluate(val)
+            ev = self.evaluate(val, net=self.eval_net)
             row = {
                 "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": ev.loss,
                 "val_acc": ev.acc, "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
@@ -203,7 +228,7 @@ class Trainer:
             if improved:
                 st.best_val_acc, st.best_epoch, st.bad_epochs = ev.acc, epoch + 1, 0
                 if self.writer is not None:
-                    self.writer.model(self.net)
+                    self.writer.model(self.eval_net)
             else:
                 st.bad_epochs += 1
             st.stopped_early = bool(cfg.patience and st.bad_epochs >= cfg.patience and st.epoch < cfg.epochs)
@@ -219,6 +244,11 @@ class Trainer:
                 break
         return st
 
+    @property
+    def eval_net(self) -> nn.Module:
+        """The network that is evaluated and saved each epoch: the weight average with ``ema``, else the trained one."""
+        return self.ema.net if self.ema is not None else self.net
+
     # -- checkpoints -----------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
         net = getattr(self.net, "module", self.net)
@@ -228,6 +258,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "state": asdict(self.state),
             "rng": {"torch": torch.get_rng_state()},
+            **({"ema": self.ema.net.state_dict()} if self.ema is not None else {}),
         }
 
     def save_checkpoint(self) -> None:
@@ -244,4 +275,6 @@ class Trainer:
         self.state = TrainState(**ckpt["state"])
         if "rng" in ckpt:
             torch.set_rng_state(ckpt["rng"]["torch"])
+        if self.ema is not None:
+            self.ema.net.load_state_dict(ckpt.get("ema", net.state_dict()))
 
