@@ -1,7 +1,9 @@
 """Shared pytest fixtures (keep small and generic)."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -23,6 +25,21 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} not found (set GAPVISION_SHARED to use it)")
     return path
+
+
+@pytest.fixture
+def copy_run() -> Callable[..., Path]:
+    """copy_run(run_dir, dest, edit): a copy of a run directory whose config.json ``edit(config)`` changed in place."""
+
+    def copy(run_dir, dest, edit: Callable[[dict], None]) -> Path:
+        dest = Path(dest)
+        shutil.copytree(run_dir, dest)
+        cfg = json.loads((dest / "config.json").read_text())
+        edit(cfg)
+        (dest / "config.json").write_text(json.dumps(cfg))
+        return dest
+
+    return copy
 
 
 @pytest.fixture

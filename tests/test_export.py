@@ -2,8 +2,6 @@
 metadata, the parity check catching a broken file, and the CLI."""
 from __future__ import annotations
 
-import json
-import shutil
 import warnings
 
 import numpy as np
@@ -166,12 +164,8 @@ def test_torchscript_export_round_trips_with_metadata(gap_run, tmp_path):
     assert np.abs(eager(loaded, x) - eager(gap_run.model, x)).max() <= ATOL
 
 
-def test_export_works_without_the_runs_data(gap_run, tmp_path):
-    moved = tmp_path / "moved"
-    shutil.copytree(gap_run.path, moved)
-    cfg = json.loads((moved / "config.json").read_text())
-    cfg["data"]["data"] = str(tmp_path / "deleted-folder")
-    (moved / "config.json").write_text(json.dumps(cfg))
+def test_export_works_without_the_runs_data(gap_run, tmp_path, copy_run):
+    moved = copy_run(gap_run.path, tmp_path / "moved", lambda cfg: cfg["data"].update(data=str(tmp_path / "deleted-folder")))
     path = export(moved, "torchscript", check=False)
     assert path == moved / "model.ts" and check_parity(path, moved)["real_images"] == 0
 

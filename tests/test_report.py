@@ -3,9 +3,7 @@ the highest validation losses, the data-gone case, the compare-directory report 
 from __future__ import annotations
 
 import csv
-import json
 import re
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -87,27 +85,19 @@ def test_worst_mistakes_are_the_highest_validation_losses(html_text, run):
     assert f"{wrong} of {len(val)} validation images misclassified" in html_text
 
 
-def test_report_says_when_the_data_is_gone(run, tmp_path):
-    moved = tmp_path / "moved"
-    shutil.copytree(run.path, moved)
-    cfg = json.loads((moved / "config.json").read_text())
-    cfg["data"]["data"] = str(tmp_path / "deleted-images")
-    (moved / "config.json").write_text(json.dumps(cfg))
+def test_report_says_when_the_data_is_gone(run, tmp_path, copy_run):
+    moved = copy_run(run.path, tmp_path / "moved", lambda cfg: cfg["data"].update(data=str(tmp_path / "deleted-images")))
     text = report(moved).read_text()
     assert text.count("Not available: the run&#x27;s data") == 2 and "deleted-images" in text
     page = Page(text)
     assert "mistake" not in page.classes and page.classes["figure"] == 2  # curves and confusion still there
 
 
-def make_compare_dir(run, root: Path) -> Path:
+def make_compare_dir(run, root: Path, copy_run) -> Path:
     """A compare directory as `gapvision compare` writes it: summary.csv and one run folder per head."""
     rows = []
     for head, shift in (("gap", 0.0), ("gmp", -0.1)):
-        dest = root / head / "seed0"
-        shutil.copytree(run.path, dest)
-        cfg = json.loads((dest / "config.json").read_text())
-        cfg["model"]["head"] = head
-        (dest / "config.json").write_text(json.dumps(cfg))
+        copy_run(run.path, root / head / "seed0", lambda cfg, head=head: cfg["model"].update(head=head))
         rows.append({"head": head, "runs": 1, "best_val_acc": round(run.metrics["best_val_acc"] + shift, 4)})
     with open(root / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -116,8 +106,8 @@ def make_compare_dir(run, root: Path) -> Path:
     return root
 
 
-def test_compare_report_has_head_table_and_overlaid_curves(run, tmp_path):
-    root = make_compare_dir(run, tmp_path / "cmp")
+def test_compare_report_has_head_table_and_overlaid_curves(run, tmp_path, copy_run):
+    root = make_compare_dir(run, tmp_path / "cmp", copy_run)
     text = report(root).read_text()
     page = Page(text)
     assert page.sections == ["summary", "curves", "runs"]

@@ -5,10 +5,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
+from .recipes import RECIPES as NAMED_RECIPES
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "cosine", "onecycle", "step")
-RECIPES = ("auto", "fast", "none")
+RECIPES = ("auto", *NAMED_RECIPES, "none")  # --recipe: auto, a named recipe of recipes.py, or none
 TTA_MODES = ("off", "flip")
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from ..errors import ConfigError
 
 FAST: dict[str, Any] = {
@@ -96,6 +94,8 @@ def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int) -> tup
 
 def native_bf16(device: str = "auto") -> bool:
     """Whether bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX (oneDNN)."""
+    import torch  # here, so that config.py can read the recipe names without importing torch
+
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     try:
