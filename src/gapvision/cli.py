@@ -68,7 +68,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="images per step (default 64); under torchrun the global batch, "
                    "split evenly across the processes")
     g.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"])
-    g.add_argument("--lr", type=float)
+    g.add_argument("--lr", help="learning rate: a number, LOW:HIGH (the backbone's and the head's, e.g. 1e-4:1e-3) "
+                   "or auto (run the LR finder first and use its suggestion)")
+    g.add_argument("--backbone-lr", type=float, help="the backbone's learning rate (default: --lr)")
+    g.add_argument("--freeze-epochs", type=int, help="first epochs with the backbone frozen, training the head only "
+                   "(transfer recipe: 1)")
+    g.add_argument("--freeze-lr", type=float, help="learning rate of the head-only epochs (default: --lr)")
+    g.add_argument("--cache-features", choices=["auto", "off"], help="head-only epochs on feature maps computed once "
+                   "(auto, default) or by running the frozen backbone every step (off)")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--momentum", type=float)
     g.add_argument("--label-smoothing", type=float)
@@ -87,9 +94,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bars or per-epoch lines")
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)")
-    g.add_argument("--recipe", choices=["auto", "fast", "none"],
-                   help="fast: the fast small-image recipe fills every option you do not set; auto (default): fast for "
-                        "images <= 64 px when --model and the optimiser options are not given; none: plain defaults")
+    g.add_argument("--recipe", choices=["auto", "fast", "transfer", "none"],
+                   help="fast: the fast small-image recipe fills every option you do not set; transfer: fine-tuning "
+                        "pretrained weights (head-only epoch, then discriminative lrs, BN statistics fixed); auto "
+                        "(default): transfer when --weights is given, fast for images <= 64 px without --model, in "
+                        "both cases only when no optimiser option is given; none: plain defaults")
     g.add_argument("--ema", type=float, help="evaluate and save a moving average of the weights (decay per step, "
                    "e.g. 0.99; 0 = off)")
     g.add_argument("--tta", choices=["off", "flip"], help="test-time augmentation when evaluating (flip: average "
@@ -101,7 +110,7 @@ OPTION_NAMES = (
     "channels", "img_size", "normalize", "augment", "dropout", "hidden", "weights", "freeze", "epochs", "batch_size",
     "optimizer", "lr", "weight_decay", "momentum", "label_smoothing", "schedule", "warmup_epochs", "step_epochs",
     "step_gamma", "clip_grad", "patience", "seed", "deterministic", "device", "amp", "channels_last", "workers", "quiet",
-    "tensorboard", "in_memory", "recipe", "ema", "tta",
+    "tensorboard", "in_memory", "recipe", "ema", "tta", "backbone_lr", "freeze_epochs", "freeze_lr", "cache_features",
 )
 
 
@@ -126,6 +135,16 @@ def cmd_train(a: argparse.Namespace) -> None:
     if not a.data:
         raise GapvisionError("train needs --data (or --resume RUN_DIR)")
     train(a.data, a.model, a.head, out=a.out, **collect(a))  # no --model: the recipe's or gapcnn (see recipes.py)
+
+
+@command("lr-find")
+def cmd_lr_find(a: argparse.Namespace) -> None:
+    from .train.lr_find import lr_find
+
+    opts = {k: v for k, v in collect(a).items() if k != "lr"}
+    res = lr_find(a.data, a.model, a.head, out=a.out, start_lr=a.start_lr, end_lr=a.end_lr, steps=a.steps, **opts)
+    print(f"suggested lr {res.suggestion:.3g} ({len(res.lrs)} steps from {res.lrs[0]:.1e} to {res.lrs[-1]:.1e}, "
+          f"{'head only' if res.phase == 'head' else 'whole network'})" + (f"; plot in {res.plot}" if res.plot else ""))
 
 
 @command("evaluate")
@@ -208,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(t)
     t.add_argument("--out", help="run directory (default runs/<time>-<model>-<head>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+
+    lf = sub.add_parser("lr-find", help="LR range test: loss against learning rate, a suggested lr and lr_find.png")
+    add_data_args(lf)
+    add_preprocess_args(lf)
+    add_model_args(lf)
+    add_train_args(lf)
+    lf.add_argument("--out", help="folder for lr_find.png and lr_find.json")
+    lf.add_argument("--start-lr", type=float, default=1e-7, help="first lr of the sweep (default 1e-7)")
+    lf.add_argument("--end-lr", type=float, default=10.0, help="last lr of the sweep (default 10)")
+    lf.add_argument("--steps", type=int, default=100, help="optimisation steps of the sweep (default 100)")
 
     e = sub.add_parser("evaluate", help="metrics and confusion matrix of a run on another dataset or split")
     e.add_argument("run", metavar="RUN_DIR")

@@ -220,11 +220,12 @@ def resolve_preprocess(
     normalize: str = "auto",
     sample: int = 256,
     seed: int = 0,
+    max_size: int = 224,
 ) -> Preprocess:
     """Choose channels, image size and normalisation from a sample of the training images (deterministic).
 
     channels ``auto``: 1 when every sampled image is grey, else 3. img_size None: the source's own size, else the
-    median longer side clamped to [32, 224]. normalize ``auto``: per-channel mean/std of the sampled images after
+    median longer side clamped to [32, ``max_size``] (the model's native size). normalize ``auto``: per-channel mean/std of the sampled images after
     :func:`to_uint8`; ``imagenet``/``half``/``caffe`` presets; ``none``: mean 0, std 1.
     """
     train = splits.train if isinstance(splits, DataSplits) else splits
@@ -245,7 +246,7 @@ def resolve_preprocess(
         ch = train.meta.get("channels") or (1 if all(is_grayscale(im) for im in images()) else 3)
     size = int(img_size) if img_size is not None else train.meta.get("img_size")
     if size is None:
-        size = int(np.clip(np.median([max(im.size) for im in images()]), 32, 224))
+        size = int(np.clip(np.median([max(im.size) for im in images()]), min(32, max_size), max_size))
     bgr = False
     if normalize == "auto":
         probe = Preprocess(channels=ch, img_size=size)

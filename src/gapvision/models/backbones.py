@@ -37,6 +37,8 @@ class Backbone(nn.Module):
         conv_head_relu: the source classifier is conv1x1 + ReLU + average (SqueezeNet).
         default_head: the head that matches the source model (``gap``, or ``conv`` for SqueezeNet).
         first_conv: state-dict key of the first conv's weight (adapted for 1-channel input).
+        native_size: the input side the architecture (and its pretrained weights) was made for; the default input
+            size is at most this.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class Backbone(nn.Module):
         tv_normalize: str = "imagenet",
         conv_head_relu: bool = False,
         default_head: str = "gap",
+        native_size: int = 224,
     ):
         super().__init__()
         for key, module in parts.items():
@@ -64,6 +67,7 @@ class Backbone(nn.Module):
         self.tv_normalize = tv_normalize
         self.conv_head_relu = conv_head_relu
         self.default_head = default_head
+        self.native_size = int(native_size)
         self.first_conv = _first_conv_key(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,6 +141,22 @@ def _first_conv_key(module: nn.Module) -> str:
     raise ValueError("a backbone needs a Conv2d")
 
 
+def native_input(name: str) -> tuple[int, str]:
+    """The native input side of backbone ``name`` and the normalisation its pretrained weights expect."""
+    backbone = create_backbone(name)
+    return backbone.native_size, backbone.tv_normalize
+
+
+def init_without_bn(backbone: Backbone) -> Backbone:
+    """The initialisation of a ReLU network without normalisation layers (see bench/backbones.py): Kaiming-normal
+    convs (fan-in, so the signal keeps its scale through the depth) with zero biases."""
+    for m in backbone.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return backbone
+
+
 # --- tutorial networks ------------------------------------------------------------------------------------------
 
 
@@ -151,7 +171,7 @@ def gapcnn() -> Backbone:
     for i, width in enumerate((64, 128, 256), start=1):
         layers = _conv_relu(cin, width) + _conv_relu(width, width) + [nn.MaxPool2d(2), nn.Dropout2d(0.3)]
         stages[f"stage{i}"], cin = nn.Sequential(*layers), width
-    return Backbone("gapcnn", stages, out_channels=256, stride=8)
+    return init_without_bn(Backbone("gapcnn", stages, out_channels=256, stride=8, native_size=128))
 
 
 @register_backbone("cifarcnn")
@@ -163,11 +183,11 @@ def cifarcnn() -> Backbone:
         *_conv_relu(128, 256), nn.MaxPool2d(2),
         *_conv_relu(256, 128),
     )
-    return Backbone("cifarcnn", {"features": features}, out_channels=128, stride=8)
+    return init_without_bn(Backbone("cifarcnn", {"features": features}, out_channels=128, stride=8, native_size=32))
 
 
 def _fastnet(name: str, widths: tuple[int, int, int, int]) -> Backbone:
-    return Backbone(name, fastnet_parts(widths), out_channels=widths[-1], stride=8)
+    return Backbone(name, fastnet_parts(widths), out_channels=widths[-1], stride=8, native_size=64)
 
 
 register_backbone("fastnet")(partial(_fastnet, "fastnet", (32, 64, 256, 256)))
@@ -176,7 +196,8 @@ register_backbone("fastnet_s")(partial(_fastnet, "fastnet_s", (16, 32, 64, 128))
 
 
 def _cifar_resnet(depth: int) -> Backbone:
-    return Backbone(f"resnet{depth}", cifar_resnet_layers(depth), out_channels=64, stride=4, tv_head=("linear",))
+    return Backbone(f"resnet{depth}", cifar_resnet_layers(depth), out_channels=64, stride=4, tv_head=("linear",),
+                    native_size=32)
 
 
 register_backbone("resnet20")(partial(_cifar_resnet, 20))
@@ -209,7 +230,7 @@ _TORCHVISION: dict[str, dict] = {
     **{n: _spec(_RESNET, "fc", "fc") for n in ("resnet18", "resnet34", "resnet50")},
     # The pretrained GoogLeNet/Inception expect transform_input, i.e. inputs normalised with mean = std = 0.5.
     "googlenet": _spec(_GOOGLENET, "fc", "fc", tv_normalize="half"),
-    "inception_v3": _spec(_INCEPTION, "fc", "fc", tv_normalize="half"),
+    "inception_v3": _spec(_INCEPTION, "fc", "fc", tv_normalize="half", native_size=299),
     "mobilenet_v2": _spec(("features",), "classifier.1", "classifier.1"),
     "mobilenet_v3_small": _spec(("features",), None, "classifier.0"),  # 2-layer MLP classifier: not mappable
     "mobilenet_v3_large": _spec(("features",), None, "classifier.0"),
@@ -263,7 +284,8 @@ def _vgg(name: str) -> Backbone:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     width = [c for c in cfg if isinstance(c, int)][-1]
-    return Backbone(name, {"features": features}, out_channels=width, stride=32)
+    backbone = Backbone(name, {"features": features}, out_channels=width, stride=32)
+    return backbone if name.endswith("_bn") else init_without_bn(backbone)
 
 
 for _name in ("vgg11", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn", "vgg19_bn"):

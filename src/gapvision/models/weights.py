@@ -258,3 +258,20 @@ def _check_fits(report: LoadReport, state: Mapping, target: Mapping, model_name:
         f"{report.source} looks like weights for another architecture: only {len(loaded)} of its {len(in_file)} "
         f"tensors fit model {model_name!r} (e.g. {examples}); pick the matching --model or other --weights"
     )
+
+
+def batchnorm_is_folded(module: torch.nn.Module, tol: float = 1e-3) -> bool:
+    """Whether every BatchNorm layer of ``module`` is an identity (weight 1, bias 0, running mean 0, running var 1):
+    the mark of weights whose BatchNorm was folded into the convolutions (e.g. converted from TFLite). Such layers
+    must keep their statistics fixed when fine-tuning. False when there is no BatchNorm layer."""
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return False
+    for m in bns:
+        tensors = [(m.running_mean, 0.0), (m.running_var, 1.0)]
+        if m.affine:
+            tensors += [(m.weight, 1.0), (m.bias, 0.0)]
+        for t, value in tensors:
+            if t is None or not torch.allclose(t.detach().float(), torch.full_like(t.detach().float(), value), atol=tol):
+                return False
+    return True

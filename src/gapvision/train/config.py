@@ -39,8 +39,15 @@ class TrainConfig:
     recipe: str = "auto"  # fast | none | auto (fast for images <= 64 px when no hyperparameter is set); train/recipes.py
     ema: float = 0.0  # decay per step of an exponential moving average of the weights, evaluated and saved; 0 = off
     tta: str = "off"  # test-time augmentation when evaluating: off | flip (average with the mirrored image)
+    backbone_lr: float | None = None  # the backbone's lr (discriminative lr; ``lr="LOW:HIGH"`` sets it); None = lr
+    freeze_epochs: int = 0  # first epochs with the backbone frozen (head only, on cached feature maps when possible)
+    freeze_lr: float | None = None  # the lr of those head-only epochs; None = lr
+    cache_features: str = "auto"  # auto | off: head-only epochs on feature maps computed once (compare/features.py)
 
     def __post_init__(self) -> None:
+        self.lr, low = parse_lr(self.lr)
+        if low is not None:
+            self.backbone_lr = low
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown --optimizer {self.optimizer!r}: choose {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -49,8 +56,14 @@ class TrainConfig:
             raise ConfigError(f"--epochs must be >= 1 (got {self.epochs})")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1 (got {self.batch_size})")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be > 0 (got {self.lr})")
+        for name in ("lr", "backbone_lr", "freeze_lr"):
+            value = getattr(self, name)
+            if value is not None and value != "auto" and not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
+        if self.freeze_epochs < 0:
+            raise ConfigError(f"--freeze-epochs must be >= 0 (got {self.freeze_epochs})")
+        if self.cache_features not in ("auto", "off"):
+            raise ConfigError(f"--cache-features must be auto or off (got {self.cache_features!r})")
         if self.recipe not in RECIPES:
             raise ConfigError(f"unknown --recipe {self.recipe!r}: choose {', '.join(RECIPES)}")
         if not 0.0 <= self.ema < 1.0:
@@ -64,7 +77,35 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def lr_of(self, part: str) -> float:
+        """The base lr of ``part``: ``head`` or ``backbone`` (after the head-only epochs), or ``freeze`` (during)."""
+        if part == "freeze":
+            return float(self.freeze_lr if self.freeze_lr is not None else self.lr)
+        if part == "backbone" and self.backbone_lr is not None:
+            return float(self.backbone_lr)
+        return float(self.lr)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def parse_lr(value: Any) -> tuple[Any, float | None]:
+    """``--lr``: a number, ``LOW:HIGH`` (the backbone's and the head's lr) or ``auto`` (run the LR finder first).
+
+    Returns (lr, backbone lr or None); ``auto`` stays ``"auto"`` until the pipeline resolves it.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value), None
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto", None
+    try:
+        if ":" in text:
+            low, high = (float(v) for v in text.split(":"))
+            return high, low
+        return float(text), None
+    except ValueError:
+        raise ConfigError(f"--lr must be a number, LOW:HIGH (backbone:head, e.g. 1e-4:1e-3) or auto (got {value!r})") \
+            from None

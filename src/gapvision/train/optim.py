@@ -1,4 +1,9 @@
-"""Optimisers and learning-rate schedules (a schedule is a pure function of the step, so resuming is exact)."""
+"""Optimisers and learning-rate schedules (a schedule is a pure function of the step, so resuming is exact).
+
+Parameters fall into groups by part (``backbone``/``head``, each with its own base lr: discriminative learning rates)
+and by weight decay (none on biases and normalisation parameters). With ``freeze_epochs`` training has two phases,
+the head alone and then everything; each phase has its own optimiser and its own run of the schedule.
+"""
 from __future__ import annotations
 
 import math
@@ -8,26 +13,59 @@ from torch import nn
 
 from .config import TrainConfig
 
+HEAD_PHASE, FULL_PHASE = "head", "all"
 
-def build_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """No weight decay on biases and normalisation parameters (1-D tensors)."""
-    params = [p for p in net.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+
+def param_groups(net: nn.Module, cfg: TrainConfig, phase: str = FULL_PHASE) -> list[dict]:
+    """Trainable parameters as optimiser groups carrying their ``base_lr`` (the schedule scales it)."""
+    net = getattr(net, "module", net)
+    parts = [("backbone", net.backbone), ("head", net.head)] if hasattr(net, "backbone") and hasattr(net, "head") \
+        else [("head", net)]
+    seen: set[int] = set()
+    groups = []
+    for part, module in parts:
+        params = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        lr = cfg.lr_of("freeze" if phase == HEAD_PHASE else part)
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": lr,
+                               "base_lr": lr, "part": part})
+    return groups
+
+
+def build_optimizer(net: nn.Module, cfg: TrainConfig, phase: str = FULL_PHASE) -> torch.optim.Optimizer:
+    """The optimiser of ``phase`` over the parameters that train in it; no weight decay on 1-D tensors."""
+    groups = param_groups(net, cfg, phase)
+    if not groups:  # everything frozen: an optimiser with nothing to do keeps the loop uniform
+        groups = [{"params": [], "lr": cfg.lr, "base_lr": cfg.lr, "part": "none"}]
+    lr = groups[0]["lr"]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=lr)
     if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, alpha=0.9, eps=1e-3)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.RMSprop(groups, lr=lr, momentum=cfg.momentum, alpha=0.9, eps=1e-3)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def phase_of(cfg: TrainConfig, epoch: int) -> str:
+    """``head`` during the first ``freeze_epochs`` epochs, ``all`` afterwards."""
+    return HEAD_PHASE if epoch < cfg.freeze_epochs else FULL_PHASE
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base lr at optimisation ``step`` (0-based)."""
-    total = max(1, cfg.epochs * steps_per_epoch)
+    """Multiplier of the base lr at optimisation ``step`` (0-based); each phase runs its own schedule."""
+    head_epochs = min(cfg.freeze_epochs, cfg.epochs)
+    epochs = cfg.epochs
+    if head_epochs:
+        if step < head_epochs * steps_per_epoch:
+            epochs = head_epochs
+        else:
+            step -= head_epochs * steps_per_epoch
+            epochs = cfg.epochs - head_epochs
+    total = max(1, epochs * steps_per_epoch)
     warm = int(cfg.warmup_epochs * steps_per_epoch)
     if cfg.schedule == "onecycle":
         warm = warm or int(0.25 * total)
@@ -43,6 +81,7 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(opt: torch.optim.Optimizer, factor: float) -> None:
+    """Every group's lr = its ``base_lr`` x ``factor``."""
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = g.get("base_lr", g["lr"]) * factor

@@ -16,7 +16,7 @@ from torch import nn
 from .. import __version__, distributed
 from ..data.imageset import DataSplits, ImageSet
 from ..data.loaders import Batches, StreamingBatches
-from ..data.memory import MemoryBatches, batch_augment, use_in_memory
+from ..data.memory import MemoryBatches, available_memory, batch_augment, use_in_memory
 from ..data.transforms import Preprocess, eval_transform, train_transform
 from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.classifier import Classifier, ModelConfig, create_model
@@ -24,7 +24,7 @@ from ..plots import plot_confusion, plot_curves
 from ..runs import FORMAT_VERSION, Run, RunWriter, default_run_dir, load_checkpoint, load_run, load_run_weights
 from . import metrics as M
 from .config import TrainConfig
-from .recipes import apply_recipe
+from .recipes import apply_recipe, choose_recipe
 from .trainer import Trainer, TrainingDiverged, resolve_device, seed_everything, set_deterministic
 
 
@@ -82,17 +82,31 @@ def split_options(options: dict[str, Any]) -> tuple[DataOptions, ModelOptions, T
 
 
 def prepare_data(opts: DataOptions, seed: int = 0, preprocess: Preprocess | None = None,
-                 splits: DataSplits | None = None) -> tuple[DataSplits, Preprocess]:
+                 splits: DataSplits | None = None, max_size: int = 224) -> tuple[DataSplits, Preprocess]:
     """Load the splits (unless given, e.g. by compare) and settle channels, size and normalisation (or reuse a run's
-    ``preprocess``)."""
+    ``preprocess``); an image size taken from the data is at most ``max_size`` (the model's native size)."""
     from ..data.sources import load_data, resolve_preprocess
 
     if splits is None:
         splits = load_data(opts.data, seed=seed, **opts.load_kwargs())
     if preprocess is None:
         channels = opts.channels if opts.channels == "auto" else int(opts.channels)
-        preprocess = resolve_preprocess(splits, channels=channels, img_size=opts.img_size, normalize=opts.normalize)
+        preprocess = resolve_preprocess(splits, channels=channels, img_size=opts.img_size, normalize=opts.normalize,
+                                        max_size=max_size)
     return splits, preprocess
+
+
+def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The user's ``options`` with the input settings that follow from the model, and the largest input size to take
+    from the data: for pretrained weights under the transfer recipe, the backbone's native size and the normalisation
+    its weights expect (unless set); otherwise at most the native size of the model (gapcnn when none is named)."""
+    from ..models.backbones import native_input
+
+    size, normalize = native_input(options.get("model") or "gapcnn")
+    if choose_recipe(options, img_size=0) == "transfer":
+        filled = {"img_size": size, "normalize": normalize}
+        return {**filled, **{k: v for k, v in options.items() if v is not None}}, size
+    return options, size
 
 
 def make_batches(
@@ -162,24 +176,31 @@ def train(data: Any = "builtin:shapes", model: str | None = None, head: str | No
     ``model``/``head`` None: the recipe's (``recipe=auto``: the fast recipe for images <= 64 px when no optimisation
     hyperparameter is given, see train/recipes.py), else gapcnn + gap.
     """
-    dopts, mopts, tcfg = split_options({"data": data, "model": model, "head": head, **options})
+    user = {"model": model, "head": head, **options}
+    dopts, mopts, tcfg = split_options({"data": data, **user})
     ctx = distributed.setup(tcfg.device)  # under torchrun: join the process group (no-op otherwise)
     tcfg = distributed.per_rank_config(tcfg)
     seed_everything(tcfg.seed)
     set_deterministic(tcfg.deterministic)
-    splits, pre = prepare_data(dopts, tcfg.seed, preprocess, splits)
-    options, recipe = apply_recipe({"model": model, "head": head, **options}, img_size=pre.img_size,
-                                   n_train=len(splits.train))
+    filled, max_size = input_defaults(user)
+    splits, pre = prepare_data(split_options({"data": data, **filled})[0], tcfg.seed, preprocess, splits, max_size)
+    options, recipe = apply_recipe(filled, img_size=pre.img_size, n_train=len(splits.train),
+                                   batchnorm=has_batchnorm(user.get("model") or "gapcnn"))
     dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
     tcfg = distributed.per_rank_config(tcfg)
+    say = (lambda s: None) if tcfg.quiet else print
     for note in splits.notes:
-        if not tcfg.quiet:
-            print(f"note: {note}")
+        say(f"note: {note}")
     net = create_model(mopts.model, mopts.head, len(splits.classes), in_channels=pre.channels, img_size=pre.img_size,
                        dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze,
                        verbose=not tcfg.quiet)
     if backbone_state is not None:
         net.backbone.load_state_dict(backbone_state)
+    mopts.freeze = check_folded_batchnorm(net, mopts.weights, user.get("freeze"), say)
+    if tcfg.lr == "auto":
+        from .lr_find import resolve_auto_lr
+
+        tcfg, recipe["lr_find"] = resolve_auto_lr(net, splits, pre, dopts, tcfg, say)
     path = distributed.broadcast(Path(out) if out else default_run_dir(mopts.model, mopts.head))  # rank 0's clock
     if (path / "checkpoint.pt").exists():
         raise GapvisionError(f"{path} already holds a run: continue it with --resume {path}, or pick another --out")
@@ -187,9 +208,39 @@ def train(data: Any = "builtin:shapes", model: str | None = None, head: str | No
     config = run_config(dopts, mopts, net.config, pre, tcfg, splits.classes,  # type: ignore[arg-type]
                         world_size=ctx.world_size)
     config["data_notes"] = list(splits.notes)  # skipped/duplicate images etc., kept with the run (also when --quiet)
-    config["recipe"] = recipe  # which of the resolved options came from the recipe
+    config["recipe"] = recipe  # which of the resolved options came from the recipe (and the LR finder's sweep)
     writer.json("config.json", config)
     return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config, feed=feed)
+
+
+def has_batchnorm(model: str) -> bool:
+    """Whether backbone ``model`` has normalisation layers (the plain defaults' lr depends on it)."""
+    from ..models.backbones import create_backbone
+
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)  # torchvision's LayerNorm2d too
+    return any(isinstance(m, norms) for m in create_backbone(model).modules())
+
+
+def check_folded_batchnorm(net: Classifier, weights: str | None, user_freeze: str | None,
+                           say: Callable[[str], None]) -> str:
+    """The ``--freeze`` mode to train with, given that the loaded ``weights`` may have their BatchNorm folded into the
+    convolutions (every BN an identity: weight 1, bias 0, mean 0, var 1); such statistics must stay fixed."""
+    from ..models.weights import batchnorm_is_folded
+
+    freeze = getattr(net, "freeze", "none")
+    if not weights or freeze != "none" or not batchnorm_is_folded(net.backbone):
+        return freeze
+    if user_freeze is None:
+        from ..models.classifier import set_freeze
+
+        set_freeze(net, "bn")
+        say("note: the BatchNorm layers of these weights are folded into the convolutions (identity statistics): "
+            "their statistics are kept fixed (--freeze bn)")
+        return "bn"
+    say("warning: the BatchNorm layers of these weights are folded into the convolutions (identity statistics); "
+        "--freeze none re-estimates them from your batches, which usually wrecks the pretrained features: "
+        "use --freeze bn")
+    return freeze
 
 
 def resume(run_dir: str | Path, data: Any = None, epochs: int | None = None, quiet: bool | None = None, *,
@@ -254,6 +305,8 @@ def _fit_and_finish(net: Classifier, splits: DataSplits, pre: Preprocess, dopts:
     distributed.wrap(trainer, shard if fed is None else None)  # DDP under torchrun (a feed's batches are not sharded)
     status = "finished"
     try:
+        if fed is None and trainer.state.epoch < tcfg.freeze_epochs:
+            fit_head_only(trainer, net, splits, pre, dopts, tcfg)
         trainer.fit(train_b, val_b)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -278,6 +331,31 @@ def _fit_and_finish(net: Classifier, splits: DataSplits, pre: Preprocess, dopts:
     if not writer.enabled:  # DDP ranks other than 0 have no files (maybe another node): the final weights in memory
         return Run(writer.path, config, model=getattr(trainer.net, "module", trainer.net).eval())
     return load_run(writer.path)
+
+
+def fit_head_only(trainer: Trainer, net: Classifier, splits: DataSplits, pre: Preprocess, dopts: DataOptions,
+                  tcfg: TrainConfig) -> None:
+    """The head-only epochs (``freeze_epochs``) on feature maps computed once by the frozen backbone, when they can
+    stand in for it (compare's FeatureStore: the same batches, so the same weights as streaming); else nothing here
+    and the Trainer streams those epochs."""
+    from ..compare.features import FeatureStore, cache_blocker, map_bytes
+
+    views = min(tcfg.freeze_epochs, tcfg.epochs) if dopts.augment != "none" else 1
+    n_maps = len(splits.train) * views + len(splits.val)
+    if (tcfg.cache_features == "off" or tcfg.ema or tcfg.tta != "off" or distributed.current().world_size > 1
+            or cache_blocker(net) is not None or n_maps * map_bytes(net, pre) > available_memory() // 4):
+        return
+    t0 = time.perf_counter()
+    feed = FeatureStore().feed(net, splits, pre, dopts, tcfg)
+    feed.train.prepare(range(trainer.state.epoch, tcfg.freeze_epochs))  # type: ignore[attr-defined]
+    feed.val.prepare(range(1))  # type: ignore[attr-defined]  (now: not inside the evaluation's inference mode)
+    trainer.carry_seconds += time.perf_counter() - t0  # the maps' time counts in the first head-only epoch
+    full = trainer.net
+    trainer.net = feed.net
+    try:
+        trainer.fit(feed.train, feed.val, until=tcfg.freeze_epochs)
+    finally:
+        trainer.net = full
 
 
 def _memory_options(in_memory: str, tcfg: TrainConfig) -> dict[str, Any]:
@@ -313,6 +391,7 @@ def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainCon
         "seconds": round(sum(r["seconds"] for r in st.history), 2),
         "classes": classes,
         "seed": tcfg.seed,
+        "warnings": list(st.warnings),
         "val": M.summarize(val.targets, val.preds, classes, val.loss),
     }
     metrics["confusion_matrix"] = metrics["val"]["confusion_matrix"]

@@ -1,8 +1,9 @@
 """Training recipes: a named set of option values, written as one readable dict (in the manner of airbench's ``hyp``).
 
-``--recipe fast`` fills every option the user did not set from :data:`FAST`; ``--recipe auto`` (the default) does so
-only for small images (<= :data:`AUTO_MAX_SIZE` px) when the user named no model and set none of the optimisation
-hyperparameters (:data:`HYPERPARAMETERS`); ``--recipe none`` leaves the plain defaults. Options the user gives always
+``--recipe fast`` fills every option the user did not set from :data:`FAST`, ``--recipe transfer`` from
+:data:`TRANSFER`; ``--recipe auto`` (the default) picks transfer when pretrained weights are given and fast for small
+images (<= :data:`AUTO_MAX_SIZE` px) when the user named no model, in both cases only when the user set none of the
+optimisation hyperparameters (:data:`HYPERPARAMETERS`); ``--recipe none`` leaves the plain defaults. Options the user gives always
 win. The resolved values are what config.json records (``train``, ``model``, ``data``), and ``config["recipe"]`` says
 which ones came from the recipe.
 
@@ -44,18 +45,53 @@ FAST: dict[str, Any] = {
     "amp": "native",
     "channels_last": "on",
 }
-RECIPES = {"fast": FAST}
+# Fine-tuning pretrained weights, after fastai's ``fine_tune`` and the Keras transfer-learning guide: one epoch of the
+# new head alone (backbone frozen, on cached feature maps), then the whole network with discriminative learning rates
+# (the backbone at a tenth of the head's), a one-cycle schedule in each phase, and BatchNorm statistics kept fixed.
+# The input size and normalisation come from the weights (the backbone's native size and ``tv_normalize``) unless
+# set. Measured on ../shared/data/boxes-dev: bench/transfer_time_to_acc.py.
+TRANSFER: dict[str, Any] = {
+    "head": "gap",
+    "freeze": "bn",  # BatchNorm statistics fixed (mandatory for weights whose BatchNorm is folded)
+    "freeze_epochs": 1,  # head only, backbone frozen: trained on cached feature maps
+    "freeze_lr": 2e-3,  # the head-only phase's lr (fastai's base_lr)
+    "epochs": 3,  # in all, the head-only epochs included
+    "batch_size": 32,
+    "optimizer": "adamw",
+    "lr": 1e-3,  # the head's lr once the backbone is unfrozen
+    "backbone_lr": 1e-4,  # the backbone's (discriminative lr: --lr LOW:HIGH sets both)
+    "weight_decay": 0.01,
+    "schedule": "onecycle",
+    "warmup_epochs": 0.0,  # one-cycle's own quarter of each phase
+    "label_smoothing": 0.1,
+    "augment": "basic",
+    "in_memory": "auto",
+    "ema": 0.0,
+    "tta": "off",
+}
+RECIPES = {"fast": FAST, "transfer": TRANSFER}
 AUTO_MAX_SIZE = 64
-HYPERPARAMETERS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing")
-MIN_STEPS = 300  # small data sets: enough epochs for at least this many optimisation steps
+HYPERPARAMETERS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
+                   "backbone_lr", "freeze_lr")
+MIN_STEPS = 300  # small data sets: enough epochs for at least this many optimisation steps (fast recipe)
+PLAIN_MIN_STEPS = 200  # the same for the plain defaults
+PLAIN_MAX_EPOCHS = 40
+NO_BN_LR = 3e-4  # AdamW's lr for networks without BatchNorm (gapcnn, cifarcnn, vgg*): bench/backbones.py
 
 
 def choose_recipe(options: dict[str, Any], img_size: int) -> str:
-    """The recipe that applies to ``options`` (the user's, None for unset) at ``img_size``: fast or none."""
+    """The recipe that applies to ``options`` (the user's, None for unset) at ``img_size``: transfer, fast or none.
+
+    auto: ``transfer`` when pretrained ``weights`` are given, ``fast`` for images <= AUTO_MAX_SIZE px without a
+    ``model``; in both cases only when no optimisation hyperparameter is set. Otherwise ``none``.
+    """
     name = options.get("recipe") or "auto"
     if name == "auto":
-        given = [k for k in HYPERPARAMETERS if options.get(k) is not None]
-        return "fast" if img_size <= AUTO_MAX_SIZE and options.get("model") is None and not given else "none"
+        if any(options.get(k) is not None for k in HYPERPARAMETERS):
+            return "none"
+        if options.get("weights"):
+            return "transfer"
+        return "fast" if img_size <= AUTO_MAX_SIZE and options.get("model") is None else "none"
     if name != "none" and name not in RECIPES:
         raise ConfigError(f"unknown --recipe {name!r}: choose auto, none, {', '.join(RECIPES)}")
     return name
@@ -72,24 +108,49 @@ def recipe_values(name: str, n_train: int, device: str = "auto", batch_size: int
     bs = batch_size or values["batch_size"]
     if batch_size is None and n_train < 16 * bs:
         bs = max(16, 2 ** round(math.log2(max(1, n_train) / 16)))
-    values["lr"] = values["lr"] * bs / values["batch_size"]
+    if name == "fast":  # SGD: the lr follows the batch linearly, and small sets get enough steps
+        values["lr"] = values["lr"] * bs / values["batch_size"]
+        values["epochs"] = max(values["epochs"], math.ceil(MIN_STEPS / max(1, math.ceil(n_train / bs))))
     values["batch_size"] = bs
-    values["epochs"] = max(values["epochs"], math.ceil(MIN_STEPS / max(1, math.ceil(n_train / bs))))
     if values.get("amp") == "native":
         values["amp"] = "on" if native_bf16(device) else "off"
     return values
 
 
-def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int,
+                 batchnorm: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """``options`` (the user's; None = unset) completed by the recipe that applies, and a note for config.json:
-    ``{"name": ..., "from_recipe": [option names filled by the recipe]}``."""
+    ``{"name": ..., "from_recipe": [option names filled by the recipe]}``; without a recipe the plain defaults that
+    depend on the data and the network (:func:`plain_values`, listed as ``from_defaults``). ``batchnorm``: whether
+    the network has normalisation layers."""
     name = choose_recipe(options, img_size)
     given = {k: v for k, v in options.items() if v is not None}
     if name == "none":
-        return {**given, "recipe": "none"}, {"name": "none", "from_recipe": []}
+        defaults = {k: v for k, v in plain_values(n_train, batchnorm).items() if k not in given}
+        return {**defaults, **given, "recipe": "none"}, {"name": "none", "from_recipe": [],
+                                                         "from_defaults": sorted(defaults)}
     values = recipe_values(name, n_train, str(given.get("device", "auto")), given.get("batch_size"))
     filled = {k: v for k, v in values.items() if k not in given}
     return {**filled, **given, "recipe": name}, {"name": name, "from_recipe": sorted(filled)}
+
+
+def plain_values(n_train: int, batchnorm: bool = True) -> dict[str, Any]:
+    """The plain defaults that follow from the data and the network (TrainConfig's own are for mid-sized data):
+    a small training set gets a smaller batch (the power of two nearest n_train / 16, 16 to 64) and the epochs for at
+    least PLAIN_MIN_STEPS steps; a network without BatchNorm gets NO_BN_LR (measured: bench/backbones.py)."""
+    from .config import TrainConfig  # config.py reads this module's recipe names
+
+    defaults = TrainConfig()
+    values: dict[str, Any] = {}
+    bs = int(min(defaults.batch_size, max(16, 2 ** round(math.log2(max(1, n_train) / 16)))))
+    if bs != defaults.batch_size:
+        values["batch_size"] = bs
+    epochs = max(defaults.epochs, math.ceil(PLAIN_MIN_STEPS / max(1, math.ceil(n_train / bs))))
+    if epochs != defaults.epochs:
+        values["epochs"] = min(epochs, PLAIN_MAX_EPOCHS)
+    if not batchnorm:
+        values["lr"] = NO_BN_LR
+    return values
 
 
 def native_bf16(device: str = "auto") -> bool:

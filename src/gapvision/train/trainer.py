@@ -21,10 +21,14 @@ from tqdm.auto import tqdm
 
 from ..data.loaders import Batches, epoch_seed
 from ..errors import GapvisionError
-from ..models.classifier import apply_freeze_mode
+from ..models.classifier import apply_freeze_mode, set_freeze
 from ..runs import RunWriter
 from .config import TrainConfig
-from .optim import build_optimizer, lr_factor, set_lr
+from .optim import FULL_PHASE, HEAD_PHASE, build_optimizer, lr_factor, phase_of, set_lr
+
+NOT_LEARNING_EPOCHS = 3  # epochs in a row at the majority share before a run is said not to learn
+NOT_LEARNING_MARGIN = 0.05  # "at the majority share": validation accuracy within this of it
+NOT_LEARNING_LOSS = 0.9  # ... while the training loss stays above this fraction of the first epoch's
 
 
 class TrainingDiverged(GapvisionError):
@@ -42,6 +46,7 @@ class TrainState:
     bad_epochs: int = 0
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # said once each, kept in metrics.json
 
 
 @dataclass
@@ -118,7 +123,9 @@ class Trainer:
         self.net = net.to(self.device)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(net, cfg)
+        self.base_freeze = getattr(net, "freeze", "none")  # --freeze after the head-only epochs
+        self.phase = ""
+        self.enter_phase(phase_of(cfg, 0))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.writer = writer
         self.reduce = reduce
@@ -126,6 +133,17 @@ class Trainer:
         self.log = (lambda s: None) if cfg.quiet else log
         self.state = TrainState()
         self.ema = WeightAverage(self.net, cfg.ema) if cfg.ema > 0 else None
+        self.carry_seconds = 0.0  # work done for the next epoch before it starts (cached feature maps), counted in it
+
+    # -- phases ----------------------------------------------------------------------------------------------
+    def enter_phase(self, phase: str) -> None:
+        """``head``: the backbone frozen, only the head trains (``freeze_lr``); ``all``: ``--freeze`` as given, the
+        backbone at ``backbone_lr`` and the head at ``lr``. Each phase starts with a fresh optimiser."""
+        inner = getattr(self.net, "module", self.net)
+        if hasattr(inner, "backbone") and self.cfg.freeze_epochs:
+            set_freeze(inner, "backbone" if phase == HEAD_PHASE else self.base_freeze)
+        self.optimizer = build_optimizer(self.net, self.cfg, phase)
+        self.phase = phase
 
     # -- batches ---------------------------------------------------------------------------------------------
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +173,7 @@ class Trainer:
                   mininterval=0.5, dynamic_ncols=True) as bar:  # closed (line cleared) on Ctrl-C too
             for i, (x, y) in enumerate(batches.epoch(epoch)):
                 x, y = self._to_device(x, y)
-                set_lr(self.optimizer, cfg.lr * lr_factor(cfg, self.state.step, steps))
+                set_lr(self.optimizer, lr_factor(cfg, self.state.step, steps))
                 with self._autocast():
                     logits = net(x)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
@@ -211,18 +229,24 @@ class Trainer:
                           torch.cat(probs).numpy() if probs else None)
 
     # -- the loop --------------------------------------------------------------------------------------------
-    def fit(self, train: Batches, val: Batches) -> TrainState:
-        """Train from ``self.state.epoch`` to ``cfg.epochs`` (or early stop). Ctrl-C leaves the last checkpoint."""
+    def fit(self, train: Batches, val: Batches, until: int | None = None) -> TrainState:
+        """Train from ``self.state.epoch`` to ``until`` (default ``cfg.epochs``) or an early stop. Ctrl-C leaves the
+        last checkpoint."""
         cfg, st = self.cfg, self.state
-        for epoch in range(st.epoch, cfg.epochs):
+        for epoch in range(st.epoch, min(until or cfg.epochs, cfg.epochs)):
+            if phase_of(cfg, epoch) != self.phase:
+                self.enter_phase(phase_of(cfg, epoch))
             t0 = time.perf_counter()
             train_loss, train_acc = self.train_epoch(train, epoch)
             ev = self.evaluate(val, net=self.eval_net)
             row = {
                 "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": ev.loss,
-                "val_acc": ev.acc, "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+                "val_acc": ev.acc, "lr": max(g["lr"] for g in self.optimizer.param_groups),
+                "seconds": time.perf_counter() - t0 + self.carry_seconds,
             }
+            self.carry_seconds = 0.0
             st.history.append(row)
+            self.check_learning(ev)
             st.epoch = epoch + 1
             improved = ev.acc > st.best_val_acc
             if improved:
@@ -244,6 +268,36 @@ class Trainer:
                 break
         return st
 
+    def check_learning(self, ev: EvalResult) -> None:
+        """Warn once (a line, and ``state.warnings``) when validation accuracy has stayed at the majority class's share
+        for NOT_LEARNING_EPOCHS epochs while the training loss barely moved; training goes on."""
+        st = self.state
+        if len(st.history) < NOT_LEARNING_EPOCHS or not len(ev.targets) or any("not learning" in w for w in st.warnings):
+            return
+        majority = float(np.bincount(ev.targets).max()) / len(ev.targets)
+        recent = st.history[-NOT_LEARNING_EPOCHS:]
+        first, last = st.history[0]["train_loss"], st.history[-1]["train_loss"]
+        if all(abs(r["val_acc"] - majority) <= NOT_LEARNING_MARGIN for r in recent) and last > NOT_LEARNING_LOSS * first:
+            message = (f"not learning: validation accuracy {recent[-1]['val_acc']:.3f} after {len(st.history)} epochs is the "
+                       f"majority class's share ({majority:.3f}) and the training loss barely moved ({first:.3f} -> "
+                       f"{last:.3f}); try {'; '.join(self.learning_hints())}")
+            st.warnings.append(message)
+            self.log(f"warning: {message}")
+
+    def learning_hints(self) -> list[str]:
+        """What to try when the run does not learn, given this network and configuration."""
+        cfg = self.cfg
+        inner = getattr(self.net, "module", self.net)
+        hints = []
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in inner.modules())
+        if has_bn and getattr(inner, "freeze", "none") == "none":
+            hints.append("--freeze bn (keep the BatchNorm statistics of pretrained weights)")
+        lr = cfg.lr_of("head")
+        hints.append(f"a lower or higher --lr (now {lr:g}: e.g. {lr / 10:g} or {lr * 10:g})")
+        hints.append("`gapvision lr-find` (or --lr auto) to pick one")
+        hints.append(f"more --epochs (now {cfg.epochs})")
+        return hints
+
     @property
     def eval_net(self) -> nn.Module:
         """The network that is evaluated and saved each epoch: the weight average with ``ema``, else the trained one."""
@@ -257,6 +311,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "state": asdict(self.state),
+            "phase": self.phase,
             "rng": {"torch": torch.get_rng_state()},
             **({"ema": self.ema.net.state_dict()} if self.ema is not None else {}),
         }
@@ -269,10 +324,14 @@ class Trainer:
     def load_checkpoint(self, ckpt: dict) -> None:
         net = getattr(self.net, "module", self.net)
         net.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = TrainState(**ckpt["state"])
+        phase = phase_of(self.cfg, self.state.epoch)
+        if phase != self.phase:
+            self.enter_phase(phase)
+        if ckpt.get("phase", FULL_PHASE if not self.cfg.freeze_epochs else phase) == phase:
+            self.optimizer.load_state_dict(ckpt["optimizer"])  # else: at the phase boundary, a fresh optimiser
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = TrainState(**ckpt["state"])
         if "rng" in ckpt:
             torch.set_rng_state(ckpt["rng"]["torch"])
         if self.ema is not None:

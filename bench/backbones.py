@@ -1,0 +1,81 @@
+"""Every registered backbone trained with the defaults for 2 epochs on builtin:shapes at 64 px.
+
+    python bench/backbones.py                       # all of `gapvision summary --list`
+    python bench/backbones.py --models gapcnn,cifarcnn,vgg11 --epochs 6
+
+Each row is ``gapvision.train("builtin:shapes", model=NAME, epochs=2)`` and nothing else (the plain defaults, since a
+model is named; random initialisation, nothing downloaded): validation accuracy after each epoch and seconds per
+epoch. Chance is 0.25 (4 balanced classes); the target is to beat twice chance. A backbone whose smallest input is
+larger than 64 px (inception_v3) runs at its smallest accepted size, and the row says so. Results go to
+bench/results/backbones-*.json; the README's table is printed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = "builtin:shapes"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", help="comma-separated backbone names (default: every registered one)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    import torch
+
+    import gapvision as gv
+    from gapvision.errors import ConfigError
+    from gapvision.models import list_backbones
+
+    torch.set_num_threads(a.threads)
+    names = a.models.split(",") if a.models else [n for n in list_backbones() if ":" not in n]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            run = None
+            for size in (64, 96, 128, 160):
+                try:
+                    t0 = time.perf_counter()
+                    run = gv.train(DATA, model=name, epochs=a.epochs, img_size=size, quiet=True,
+                                   out=Path(tmp) / f"{name}-{size}")
+                    break
+                except ConfigError as e:  # too small an input for this backbone: the next size
+                    if "too small" not in str(e):
+                        raise
+            if run is None:
+                rows.append({"model": name, "error": "no accepted input size up to 160 px"})
+                continue
+            wall = time.perf_counter() - t0
+            accs = [round(r["val_acc"], 4) for r in run.history]
+            per_epoch = round(sum(r["seconds"] for r in run.history) / len(run.history), 1)
+            row = {"model": name, "img_size": size, "val_acc": accs, "seconds_per_epoch": per_epoch,
+                   "wall_seconds": round(wall, 1), "beats_twice_chance": accs[-1] > 0.5,
+                   "lr": run.config["train"]["lr"], "batch_size": run.config["train"]["batch_size"],
+                   "warnings": run.metrics.get("warnings", [])}
+            if size != 64:
+                row["note"] = f"smallest accepted input {size} px"
+            rows.append(row)
+            print(f"{name:20s} {size:4d} px  val acc {' '.join(f'{x:.3f}' for x in accs)}  {per_epoch:7.1f} s/epoch"
+                  f"  {'ok' if row['beats_twice_chance'] else 'BELOW 2x chance'}", flush=True)
+    out = REPO / "bench" / "results" / f"backbones-{time.strftime('%Y%m%d-%H%M')}.json"
+    out.write_text(json.dumps({"data": DATA, "epochs": a.epochs, "torch": torch.__version__, "rows": rows}, indent=1))
+    print(f"\n| backbone | input | val acc after epoch {' / '.join(str(i + 1) for i in range(a.epochs))} "
+          f"| s / epoch |\n|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | - | {r['error']} | - |")
+        else:
+            print(f"| {r['model']} | {r['img_size']} | {' / '.join(f'{x:.3f}' for x in r['val_acc'])} | "
+                  f"{r['seconds_per_epoch']} |")
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""The learning-rate range test (Smith 2015; fastai's ``lr_find``): train a copy of the network for a short sweep of
+exponentially growing learning rates, record the smoothed loss, and suggest the lr where the loss falls fastest for
+longest (fastai's "valley" rule). The network, the data and the random state are left as they were.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.imageset import DataSplits
+from ..data.loaders import Batches
+from ..data.transforms import Preprocess
+from ..errors import GapvisionError
+from ..models.classifier import Classifier, apply_freeze_mode, set_freeze
+from .config import TrainConfig
+from .optim import HEAD_PHASE, build_optimizer, phase_of, set_lr
+
+START_LR, END_LR, STEPS = 1e-7, 10.0, 100
+SMOOTHING = 0.98  # exponential moving average of the loss (debiased), as in fastai
+STOP_FACTOR = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
+
+
+@dataclass
+class LRFindResult:
+    """The sweep (``lrs`` and smoothed ``losses``), the ``suggestion`` and where the plot went."""
+
+    lrs: list[float]
+    losses: list[float]
+    suggestion: float
+    phase: str = "all"  # which parameters were swept: ``head`` (backbone frozen) or ``all``
+    plot: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"suggestion": self.suggestion, "phase": self.phase, "steps": len(self.lrs),
+                "lr_range": [self.lrs[0], self.lrs[-1]] if self.lrs else [], "plot": self.plot}
+
+
+def valley(lrs: list[float], losses: list[float]) -> float:
+    """fastai's "valley" suggestion: the longest stretch over which the loss keeps decreasing, and an lr two thirds
+    of the way down it (where it is steep but still well away from the blow-up)."""
+    n = len(losses)
+    if n < 3:
+        raise GapvisionError("the LR sweep stopped after fewer than 3 steps: the loss blew up at once; "
+                             "lower the start of the sweep or check the data")
+    run = [1] * n  # length of the longest decreasing subsequence ending at i
+    best_end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and run[i] < run[j] + 1:
+                run[i] = run[j] + 1
+        if run[i] > run[best_end]:
+            best_end = i
+    start = best_end - run[best_end]
+    third = (best_end - start) / 3
+    return float(lrs[max(0, min(n - 1, start + int(third) + int(third / 2)))])
+
+
+def sweep(net: nn.Module, batches: Batches, cfg: TrainConfig, *, start_lr: float = START_LR, end_lr: float = END_LR,
+          steps: int = STEPS, device: torch.device | str = "cpu") -> LRFindResult:
+    """The range test on a copy of ``net`` with the optimiser ``cfg`` trains it with (the parameters of its first
+    phase; discriminative lrs keep their ratio to the swept head lr)."""
+    if not 0 < start_lr < end_lr:
+        raise GapvisionError(f"the LR sweep needs 0 < start < end (got {start_lr}, {end_lr})")
+    rng = torch.get_rng_state()
+    phase = phase_of(cfg, 0)
+    work = copy.deepcopy(net).to(device)
+    if phase == HEAD_PHASE:
+        set_freeze(work, "backbone")
+    ratio = float(cfg.backbone_lr / cfg.lr) if isinstance(cfg.lr, float) and cfg.backbone_lr else 1.0
+    opt = build_optimizer(work, replace(cfg, lr=1.0, freeze_lr=1.0, backbone_lr=ratio), phase)  # base lrs = ratios
+    mult = (end_lr / start_lr) ** (1 / max(1, steps - 1))
+    lrs: list[float] = []
+    losses: list[float] = []
+    avg, best, step = 0.0, math.inf, 0
+    try:
+        while step < steps:
+            for x, y in batches.epoch(step):
+                lr = start_lr * mult ** step
+                work.train()
+                apply_freeze_mode(work)
+                set_lr(opt, lr)
+                loss = F.cross_entropy(work(x.to(device)).float(), y.to(device), label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                value = float(loss.detach())
+                step += 1
+                if not math.isfinite(value):
+                    break
+                avg = SMOOTHING * avg + (1 - SMOOTHING) * value
+                smooth = avg / (1 - SMOOTHING ** step)
+                lrs.append(lr)
+                losses.append(smooth)
+                best = min(best, smooth)
+                if step >= steps or (step > 10 and smooth > STOP_FACTOR * best):
+                    break
+            else:
+                continue
+            break
+    finally:
+        torch.set_rng_state(rng)
+    return LRFindResult(lrs, losses, valley(lrs, losses), phase)
+
+
+def plot_lr_find(result: LRFindResult, path: str | Path) -> None:
+    """Loss against lr (log scale) with the suggestion marked; written atomically."""
+    from matplotlib.figure import Figure
+
+    from .. import atomic
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.plot(result.lrs, result.losses)
+    ax.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggested lr {result.suggestion:.2g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)",
+           title=f"LR range test ({'head only' if result.phase == HEAD_PHASE else 'whole network'})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic.savefig(fig, path, dpi=100)
+
+
+def apply_suggestion(cfg: TrainConfig, lr: float) -> TrainConfig:
+    """``cfg`` with the swept lr in place: the lr of the first phase; after head-only epochs the head continues at half
+    of it and the backbone at a tenth of that (fastai's ``fine_tune``); discriminative ratios are kept."""
+    if phase_of(cfg, 0) == HEAD_PHASE:
+        head = lr / 2
+        return replace(cfg, freeze_lr=lr, lr=head, backbone_lr=head / 10 if cfg.backbone_lr is not None else None)
+    ratio = cfg.backbone_lr / lr if cfg.backbone_lr is not None and isinstance(cfg.lr, float) else None
+    return replace(cfg, lr=lr, backbone_lr=lr * ratio if ratio else cfg.backbone_lr)
+
+
+def resolve_auto_lr(net: Classifier, splits: DataSplits, pre: Preprocess, dopts: Any, tcfg: TrainConfig,
+                    say: Callable[[str], None] = print) -> tuple[TrainConfig, dict]:
+    """``--lr auto``: the sweep on the run's own training batches, and the configuration with its suggestion."""
+    from .pipeline import make_batches  # the pipeline calls this module; its batch maker is shared
+    from .trainer import resolve_device
+
+    probe = replace(tcfg, lr=1.0) if tcfg.lr == "auto" else tcfg
+    batches = make_batches(splits.train, pre, tcfg.batch_size, train=True, augment=dopts.augment, seed=tcfg.seed,
+                           workers=tcfg.workers, in_memory=dopts.in_memory, device=resolve_device(tcfg.device))
+    result = sweep(net, batches, replace(probe, backbone_lr=None), device=resolve_device(tcfg.device))
+    resolved = apply_suggestion(probe, result.suggestion)
+    say(f"lr-find: suggested lr {result.suggestion:.3g} ({len(result.lrs)} steps); training with lr {resolved.lr:.3g}"
+        + (f", backbone {resolved.backbone_lr:.3g}" if resolved.backbone_lr else "")
+        + (f", head-only epochs {resolved.freeze_lr:.3g}" if resolved.freeze_epochs else ""))
+    return resolved, result.to_dict()
+
+
+def lr_find(data: Any = "builtin:shapes", model: str | None = None, head: str | None = None, *,
+            out: str | Path | None = None, start_lr: float = START_LR, end_lr: float = END_LR, steps: int = STEPS,
+            **options: Any) -> LRFindResult:
+    """The LR range test for the network and data that ``gapvision.train(data, model, head, **options)`` would use;
+    writes ``lr_find.png`` (and ``lr_find.json``) into ``out`` when given. Nothing is trained for real."""
+    from .. import atomic
+    from ..models.classifier import create_model
+    from .pipeline import input_defaults, make_batches, prepare_data, split_options
+    from .recipes import apply_recipe
+    from .trainer import resolve_device, seed_everything
+
+    user = {"model": model, "head": head, **options}
+    dopts, _, tcfg = split_options({"data": data, **{k: v for k, v in user.items() if k != "lr"}})
+    seed_everything(tcfg.seed)
+    filled, max_size = input_defaults(user)
+    splits, pre = prepare_data(split_options({"data": data, **filled})[0], tcfg.seed, max_size=max_size)
+    filled, _ = apply_recipe(filled, img_size=pre.img_size, n_train=len(splits.train))
+    dopts, mopts, tcfg = split_options({"data": data, **{k: v for k, v in filled.items() if k != "lr"}})
+    net = create_model(mopts.model, mopts.head, len(splits.classes), in_channels=pre.channels, img_size=pre.img_size,
+                       dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze)
+    device = resolve_device(tcfg.device)
+    batches = make_batches(splits.train, pre, tcfg.batch_size, train=True, augment=dopts.augment, seed=tcfg.seed,
+                           workers=tcfg.workers, in_memory=dopts.in_memory, device=device)
+    result = sweep(net, batches, replace(tcfg, backbone_lr=None), start_lr=start_lr, end_lr=end_lr, steps=steps,
+                   device=device)
+    if out is not None:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        plot_lr_find(result, path / "lr_find.png")
+        result.plot = str(path / "lr_find.png")
+        atomic.write_json(path / "lr_find.json", {**result.to_dict(), "lrs": result.lrs, "losses": result.losses})
+    return result

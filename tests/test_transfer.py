@@ -1,0 +1,208 @@
+"""Training well by default: the transfer recipe (phases, lrs, BN statistics, cached head-only epoch), folded
+BatchNorm, the no-BN nets' initialisation, the LR finder and the not-learning warning."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from gapvision.cli import main
+from gapvision.models.backbones import create_backbone, native_input
+from gapvision.models.classifier import create_model
+from gapvision.models.weights import batchnorm_is_folded
+from gapvision.train.config import TrainConfig, parse_lr
+from gapvision.train.lr_find import sweep, valley
+from gapvision.train.optim import lr_factor, param_groups
+from gapvision.train.pipeline import make_batches, prepare_data, resume, split_options, train
+from gapvision.train.recipes import TRANSFER, apply_recipe, choose_recipe
+from gapvision.train.trainer import Trainer
+
+TINY = "builtin:shapes?n=64&size=16"
+QUICK = dict(img_size=16, workers=0, quiet=True, in_memory="on")
+
+
+@pytest.fixture
+def pretrained(tmp_path):
+    """A 'pretrained' fastnet_s state dict (gapvision layout) whose BatchNorm statistics are not the identity."""
+    net = create_model("fastnet_s", "gap", 4, img_size=16)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "pre.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def test_auto_chooses_transfer_for_pretrained_weights_unless_a_hyperparameter_is_set():
+    assert choose_recipe({"weights": "w.pth"}, 224) == "transfer"
+    assert choose_recipe({"weights": "w.pth", "model": "resnet18"}, 32) == "transfer"
+    assert choose_recipe({"weights": "w.pth", "lr": 0.01}, 224) == "none"
+    assert choose_recipe({"weights": "w.pth", "recipe": "none"}, 224) == "none"
+    assert choose_recipe({"recipe": "transfer"}, 224) == "transfer"
+    opts, note = apply_recipe({"weights": "w", "epochs": 5}, img_size=224, n_train=146)
+    assert opts["epochs"] == 5 and opts["freeze"] == "bn" and opts["freeze_epochs"] == 1
+    assert opts["lr"] == TRANSFER["lr"] and opts["backbone_lr"] == TRANSFER["backbone_lr"]  # not scaled (Adam)
+    assert "epochs" not in note["from_recipe"] and "freeze_epochs" in note["from_recipe"]
+
+
+def test_lr_takes_a_low_high_pair_and_auto():
+    assert parse_lr("1e-4:1e-3") == (1e-3, 1e-4) and parse_lr(0.1) == (0.1, None) and parse_lr("auto") == ("auto", None)
+    cfg = TrainConfig(lr="1e-4:2e-3")
+    assert cfg.lr == 2e-3 and cfg.backbone_lr == 1e-4 and cfg.lr_of("backbone") == 1e-4 and cfg.lr_of("head") == 2e-3
+    with pytest.raises(Exception, match="LOW:HIGH"):
+        TrainConfig(lr="fast")
+
+
+def test_input_size_and_normalisation_come_from_the_weights(tmp_path, make_image_folder):
+    assert native_input("mobilenet_v2") == (224, "imagenet") and native_input("inception_v3") == (299, "half")
+    assert native_input("gapcnn")[0] == 128 and native_input("resnet20")[0] == 32
+    root = make_image_folder(tmp_path / "imgs", {"a": 4, "b": 4}, size=(300, 260))
+    dopts = split_options({"data": str(root)})[0]
+    _, pre = prepare_data(dopts, max_size=native_input("gapcnn")[0])
+    assert pre.img_size == 128  # the median side (300) capped by gapcnn's native size
+
+
+def test_phases_freeze_the_backbone_first_then_use_discriminative_lrs():
+    net = create_model("fastnet_s", "gap", 4, img_size=16, freeze="bn")
+    cfg = TrainConfig(epochs=3, freeze_epochs=1, lr=1e-3, backbone_lr=1e-4, freeze_lr=5e-3, quiet=True, device="cpu")
+    trainer = Trainer(net, cfg)
+    head_ids = {id(p) for p in net.head.parameters()}
+    assert trainer.phase == "head" and net.freeze == "backbone"
+    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == head_ids
+    assert {g["base_lr"] for g in trainer.optimizer.param_groups} == {5e-3}
+    trainer.enter_phase("all")
+    assert net.freeze == "bn" and all(p.requires_grad for p in net.parameters())
+    lrs = {g["part"]: g["base_lr"] for g in trainer.optimizer.param_groups}
+    assert lrs == {"backbone": 1e-4, "head": 1e-3}
+    # each phase runs its own one-cycle schedule: the ramp restarts after the head-only epoch
+    cfg = TrainConfig(epochs=3, freeze_epochs=1, schedule="onecycle")
+    assert lr_factor(cfg, 0, 10) == pytest.approx(1 / 2)  # phase 1: 10 steps, a warm-up of 2
+    assert lr_factor(cfg, 9, 10) < 0.2  # decayed by the end of the head-only epoch
+    assert lr_factor(cfg, 10, 10) == pytest.approx(1 / 5)  # phase 2: 20 steps, a fresh warm-up of 5
+
+
+def test_transfer_run_trains_head_then_all_with_bn_statistics_fixed(tmp_path, pretrained):
+    start = load_file(str(pretrained))
+    run = train(TINY, "fastnet_s", weights=str(pretrained), epochs=2, out=tmp_path / "r", **QUICK)
+    cfg = run.config
+    assert cfg["recipe"]["name"] == "transfer" and cfg["train"]["freeze_epochs"] == 1
+    assert cfg["model_options"]["freeze"] == "bn" and cfg["train"]["backbone_lr"] == TRANSFER["backbone_lr"]
+    end = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["model"]  # the last epoch's weights
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(start[k], end[k]) for k in stats)  # BN statistics fixed
+    convs = [k for k in start if k.startswith("backbone") and k.endswith("weight") and start[k].ndim == 4]
+    assert any(not torch.equal(start[k], end[k]) for k in convs)  # the backbone trained in epoch 2
+
+
+def test_head_only_epoch_leaves_the_backbone_and_cached_equals_streaming(tmp_path, pretrained):
+    common = dict(weights=str(pretrained), epochs=1, augment="basic", **QUICK)
+    cached = train(TINY, "fastnet_s", out=tmp_path / "c", **common)
+    streamed = train(TINY, "fastnet_s", out=tmp_path / "s", cache_features="off", **common)
+    start = load_file(str(pretrained))
+    a, b = load_file(str(tmp_path / "c" / "model.safetensors")), load_file(str(tmp_path / "s" / "model.safetensors"))
+    assert all(torch.equal(a[k], start[k]) for k in start if k.startswith("backbone"))
+    assert not torch.equal(a["head.classifier.weight"], start["head.classifier.weight"])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    assert cached.history[0]["val_acc"] == pytest.approx(streamed.history[0]["val_acc"])
+
+
+def test_resume_across_the_phase_boundary_is_exact(tmp_path, pretrained):
+    common = dict(weights=str(pretrained), **QUICK)
+    train(TINY, "fastnet_s", out=tmp_path / "full", epochs=2, **common)
+    train(TINY, "fastnet_s", out=tmp_path / "part", epochs=1, **common)
+    resume(tmp_path / "part", epochs=2, quiet=True)
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("full", "part"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_folded_batchnorm_is_detected_and_its_statistics_kept(tmp_path, capsys):
+    net = create_model("fastnet_s", "gap", 4, img_size=16)
+    assert batchnorm_is_folded(net.backbone)  # identity statistics, as folded weights have
+    assert not batchnorm_is_folded(create_backbone("gapcnn"))  # no BatchNorm at all
+    path = tmp_path / "folded.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    run = train(TINY, "fastnet_s", weights=str(path), recipe="none", epochs=1, out=tmp_path / "r",
+                img_size=16, workers=0, in_memory="on")
+    assert run.config["model_options"]["freeze"] == "bn"
+    assert "folded" in capsys.readouterr().out
+    with torch.no_grad():
+        net.backbone.get_submodule(next(n for n, m in net.backbone.named_modules()
+                                        if isinstance(m, nn.BatchNorm2d))).running_mean += 0.5
+    assert not batchnorm_is_folded(net.backbone)
+
+
+def test_nets_without_batchnorm_get_kaiming_init_that_keeps_the_signal():
+    for name in ("gapcnn", "cifarcnn", "vgg11"):
+        bb = create_backbone(name)
+        convs = [m for m in bb.modules() if isinstance(m, nn.Conv2d)]
+        for m in convs:
+            fan_in = m.weight[0].numel()
+            assert float(m.weight.detach().std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.15), name
+            assert float(m.bias.abs().max()) == 0.0
+        bb.eval()
+        with torch.no_grad():
+            out = bb(torch.randn(4, 3, 64, 64))
+        assert float(out.pow(2).mean().sqrt()) > 0.1, name  # PyTorch's default init shrinks it ~100x over the depth
+
+
+def test_valley_suggests_the_steep_part_of_a_known_curve():
+    lrs = list(np.logspace(-6, 0, 61))
+    losses = [2.0] * 20 + list(np.linspace(2.0, 0.5, 30)) + list(np.linspace(0.6, 3.0, 11))
+    s = valley(lrs, losses)
+    assert lrs[20] < s < lrs[49]  # inside the falling stretch, not at its flat start or at the minimum
+
+
+def test_sweep_grows_the_lr_exponentially_and_leaves_the_model_untouched():
+    from gapvision.data.sources import load_data, resolve_preprocess
+
+    splits = load_data(TINY)
+    pre = resolve_preprocess(splits)
+    net = create_model("fastnet_s", "gap", 4, img_size=16)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    batches = make_batches(splits.train, pre, 16, train=True, augment="none", in_memory="on")
+    res = sweep(net, batches, TrainConfig(optimizer="sgd", lr=1.0), start_lr=1e-5, end_lr=10, steps=40)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+    ratios = np.diff(np.log(res.lrs))
+    assert np.allclose(ratios, ratios[0]) and res.lrs[0] == pytest.approx(1e-5)
+    assert res.lrs[0] <= res.suggestion <= res.lrs[-1] and len(res.losses) == len(res.lrs)
+
+
+def test_lr_find_cli_prints_a_suggestion_and_writes_the_plot(tmp_path, capsys):
+    rc = main(["lr-find", "--data", TINY, "--model", "fastnet_s", "--img-size", "16", "--workers", "0",
+               "--steps", "30", "--out", str(tmp_path / "lf")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "suggested lr" in out and (tmp_path / "lf" / "lr_find.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "lf" / "lr_find.json").read_text())
+    assert saved["suggestion"] > 0 and len(saved["lrs"]) == len(saved["losses"]) > 10
+
+
+def test_lr_auto_trains_with_the_suggestion(tmp_path):
+    run = train(TINY, "fastnet_s", lr="auto", optimizer="sgd", epochs=1, out=tmp_path / "r", **QUICK)
+    found = run.config["recipe"]["lr_find"]["suggestion"]
+    assert run.config["train"]["lr"] == pytest.approx(found)
+
+
+def test_a_run_that_does_not_learn_says_so_and_one_that_learns_does_not(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    y = np.arange(96) % 2
+    x = (rng.integers(0, 80, (96, 16, 16, 3)) + 150 * y[:, None, None, None]).astype(np.uint8)  # dark vs bright
+    common = dict(model="fastnet_s", head="gap", optimizer="sgd", epochs=3, img_size=16, workers=0, in_memory="on")
+    stuck = train((x, y), lr=1e-9, out=tmp_path / "stuck", **common)
+    warnings = json.loads((tmp_path / "stuck" / "metrics.json").read_text())["warnings"]
+    assert len(warnings) == 1 and "not learning" in warnings[0] and "lr-find" in warnings[0]
+    assert "after 3 epochs" in warnings[0] and "warning: not learning" in capsys.readouterr().out
+    assert stuck.metrics["status"] == "finished" and len(stuck.history) == 3  # training went on
+    learns = train((x, y), lr=0.05, out=tmp_path / "ok", quiet=True, **common)
+    assert learns.metrics["warnings"] == [] and learns.metrics["best_val_acc"] > 0.9
