@@ -1,0 +1,188 @@
+"""The option schema: the user-facing option groups (DataOptions, ModelOptions here; TrainConfig in train/config.py)
+and the CLI flags built from them.
+
+A flag's name, type, default and choices come from its dataclass field (``--img-size`` is ``DataOptions.img_size``;
+its ``(default ...)`` text is the field's default; its choices are the tuple the code validates against, from
+choices.py or train/config.py); only the help sentence is written here. The parser passes None for every flag not
+given, so the dataclass defaults are the only defaults. Torch-free: ``gapvision --help`` imports this, not torch.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from .choices import AUGMENTS, CHANNELS, FREEZE, IN_MEMORY_MODES, NORMALIZE_MODES, SWITCHES
+from .train.config import OPTIMIZERS, RECIPES, SCHEDULES, TTA_MODES, TrainConfig
+
+LOAD = {"load": True}  # metadata of the DataOptions fields that are keyword arguments of load_data / load_images
+
+
+@dataclass
+class DataOptions:
+    """Where the images come from and how they are prepared (stored in config.json as ``data``)."""
+
+    data: Any = "builtin:shapes"
+    val_split: float = field(default=0.2, metadata=LOAD)
+    image_root: str | None = field(default=None, metadata=LOAD)
+    image_col: str | None = field(default=None, metadata=LOAD)
+    label_col: str | None = field(default=None, metadata=LOAD)
+    root: str | None = field(default=None, metadata=LOAD)
+    download: bool = field(default=False, metadata=LOAD)
+    skip_bad: bool = field(default=False, metadata=LOAD)
+    allow_outside_root: bool = field(default=False, metadata=LOAD)
+    channels: Any = "auto"
+    img_size: int | None = None
+    normalize: str = "auto"
+    augment: str = "basic"
+    in_memory: str = "auto"  # auto | on | off: decode every image once into memory, augment whole batches (memory.py)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if not isinstance(d["data"], (str, Path)):
+            d["data"] = "<arrays>"  # in-memory data from the Python API: pass it again to resume
+        return d
+
+    def load_kwargs(self) -> dict:
+        return {k: getattr(self, k) for k in LOAD_OPTIONS}
+
+
+@dataclass
+class ModelOptions:
+    """How the network is built; ``weights``/``freeze`` matter only when training starts."""
+
+    model: str = "gapcnn"
+    head: str = "gap"
+    dropout: float = 0.0
+    hidden: int = 256
+    weights: str | None = None
+    freeze: str = "none"
+
+
+GROUPS = (DataOptions, ModelOptions, TrainConfig)
+LOAD_OPTIONS = tuple(f.name for f in fields(DataOptions) if f.metadata.get("load"))
+POSITIONAL = ("data", "model", "head")  # given as --data/--model/--head but passed to train() by name
+#: every option a training command takes (the fields of the three groups), in declaration order
+OPTION_NAMES = tuple(f.name for g in GROUPS for f in fields(g) if f.name not in POSITIONAL)
+#: the allowed values of each option that has a fixed set (the flags' choices; the dataclasses/consumers check them)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "channels": CHANNELS, "normalize": NORMALIZE_MODES, "augment": AUGMENTS, "in_memory": IN_MEMORY_MODES,
+    "freeze": FREEZE, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": SWITCHES, "channels_last": SWITCHES,
+    "recipe": RECIPES, "tta": TTA_MODES,
+}
+TYPES = {"int": int, "float": float, "int | None": int, "float | None": float}
+
+
+def schema_field(name: str) -> Any:
+    """The dataclass field behind option ``name``."""
+    for g in GROUPS:
+        for f in fields(g):
+            if f.name == name:
+                return f
+    raise KeyError(name)
+
+
+def add_option(group: Any, name: str, help: str = "", *, default_text: str | None = None, **kw: Any) -> None:
+    """Add ``--name`` for the dataclass field ``name``: its type, choices and ``(default ...)`` from the schema."""
+    f = schema_field(name)
+    default = f.default if f.default is not MISSING else None
+    flag = "--" + name.replace("_", "-")
+    if f.type == "bool":
+        kw.setdefault("action", "store_true")
+    else:
+        kw.setdefault("type", TYPES.get(str(f.type), str))
+        if name in CHOICES:
+            kw.setdefault("choices", list(CHOICES[name]))
+    shown = default_text if default_text is not None else (None if default in (None, False) else str(default))
+    text = f"{help} (default {shown})" if shown and help else (help or (f"default {shown}" if shown else None))
+    group.add_argument(flag, dest=name, default=None, help=text, **kw)
+
+
+# -- the option groups of the CLI (one definition each, reused by every command that needs them) --------------
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, help="DIR (a folder per class), FILE.csv/.tsv, builtin:shapes, "
+                   "builtin:digits or torchvision:NAME")
+    add_option(g, "val_split", "validation fraction when the data has no val/ split")
+    add_option(g, "image_root", "folder that manifest paths are relative to")
+    add_option(g, "image_col", "manifest column with the image path", default_text="the first")
+    add_option(g, "label_col", "manifest column with the label", default_text="the second")
+    add_option(g, "root", "torchvision datasets: the folder holding the data")
+    add_option(g, "download", "torchvision datasets: download (needs internet)")
+    add_option(g, "skip_bad", "skip unreadable images and report how many")
+    add_option(g, "allow_outside_root", "let manifest paths point outside the manifest's folder")
+
+
+def add_preprocess_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("preprocessing")
+    add_option(g, "channels", "1 (grayscale), 3 (RGB) or auto (1 when every sampled image is grayscale)")
+    add_option(g, "img_size", "square input size", default_text="from the data")
+    add_option(g, "normalize", "auto: train-split statistics; imagenet; half: mean 0.5 std 0.5; caffe: BGR 0-255")
+    add_option(g, "augment", "train-time augmentation; basic: flip + translation, strong: + more (see README)")
+    add_option(g, "in_memory", "decode every image once into memory and augment whole batches (auto: when the "
+               "decoded set fits in a quarter of the free memory)")
+
+
+def add_model_args(p: argparse.ArgumentParser, head: bool = True) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="backbone name (gapcnn, cifarcnn, resnet20, resnet18, mobilenet_v2...; "
+                   "see `gapvision summary --list`)")
+    if head:
+        g.add_argument("--head", help="gap, gmp, avgmax, catavgmax, fc or conv (default gap)")
+    add_option(g, "dropout", "dropout before the classifier")
+    add_option(g, "hidden", "hidden width of the fc head")
+    add_option(g, "weights", "pretrained weights: FILE (.pth/.safetensors), a run directory, or torchvision:DEFAULT")
+    add_option(g, "freeze", "freeze the backbone, or only BatchNorm statistics")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    add_option(g, "epochs")
+    add_option(g, "batch_size", "images per step; under torchrun the global batch, split evenly across the processes")
+    add_option(g, "optimizer")
+    add_option(g, "lr")
+    add_option(g, "weight_decay")
+    add_option(g, "momentum", "sgd (Nesterov) and rmsprop")
+    add_option(g, "label_smoothing")
+    add_option(g, "schedule")
+    add_option(g, "warmup_epochs")
+    add_option(g, "step_epochs", "step schedule: decay every N epochs")
+    add_option(g, "step_gamma")
+    add_option(g, "clip_grad", "max gradient norm (0 = off)")
+    add_option(g, "patience", "early stopping after N epochs without a better val accuracy (0 = off)")
+    add_option(g, "seed", "random seed, recorded in the run")
+    add_option(g, "deterministic")
+    add_option(g, "device", "auto, cpu, cuda, cuda:N")
+    add_option(g, "amp", "mixed precision (auto: on for CUDA)")
+    add_option(g, "channels_last", "channels-last memory format (auto: on for CUDA)")
+    add_option(g, "workers", "DataLoader worker processes", default_text="auto")
+    add_option(g, "quiet", "no progress bars or per-epoch lines")
+    add_option(g, "tensorboard", "write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)")
+    add_option(g, "recipe", "a named recipe fills every option you do not set; auto: fast for images <= 64 px when "
+               "--model and the optimiser options are not given; none: plain defaults")
+    add_option(g, "ema", "evaluate and save a moving average of the weights (decay per step, e.g. 0.99; 0 = off)")
+    add_option(g, "tta", "test-time augmentation wherever the run is evaluated or predicts (flip: average with the "
+               "mirrored image)")
+
+
+def add_pretrained_args(p: argparse.ArgumentParser) -> None:
+    """Options that build a predictor from a backbone + weights + labels instead of a run directory."""
+    g = p.add_argument_group("pretrained model instead of a run")
+    g.add_argument("--model", help="backbone name, e.g. mobilenet_v2")
+    g.add_argument("--head", help="head kind (default: the backbone's own, e.g. gap; conv for squeezenet)")
+    g.add_argument("--weights", help="weights file for --model")
+    g.add_argument("--labels", help="class names: ImageNet JSON index or a text file with one label per line")
+    g.add_argument("--normalize", choices=[m for m in NORMALIZE_MODES if m != "auto"], help="preprocessing of --weights")
+    g.add_argument("--img-size", type=int, help="input size for --model (default 224)")
+    g.add_argument("--crop", type=float, help="central fraction kept before resizing, for --model (default 0.875)")
+
+
+def collect(args: argparse.Namespace, names: Sequence[str] = OPTION_NAMES) -> dict[str, Any]:
+    """The options the user actually gave (None = not given, so API defaults apply)."""
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def load_opts(args: argparse.Namespace) -> dict[str, Any]:
+    """The data-loading options the user gave (the keyword arguments of load_data / load_images)."""
+    return collect(args, LOAD_OPTIONS)
