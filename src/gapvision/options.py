@@ -100,28 +100,66 @@ def add_option(group: Any, name: str, help: str = "", *, default_text: str | Non
 
 
 # -- the option groups of the CLI (one definition each, reused by every command that needs them) --------------
+#: the help sentence of each flag (a pair: help and how its default reads, where the field's value would mislead)
+DATA_HELP: dict[str, str | tuple[str, str]] = {
+    "val_split": "validation fraction when the data has no val/ split",
+    "image_root": "folder that manifest paths are relative to",
+    "image_col": ("manifest column with the image path", "the first"),
+    "label_col": ("manifest column with the label", "the second"),
+    "root": "torchvision datasets: the folder holding the data",
+    "download": "torchvision datasets: download (needs internet)",
+    "skip_bad": "skip unreadable images and report how many",
+    "allow_outside_root": "let manifest paths point outside the manifest's folder",
+}
+PREPROCESS_HELP: dict[str, str | tuple[str, str]] = {
+    "channels": "1 (grayscale), 3 (RGB) or auto (1 when every sampled image is grayscale)",
+    "img_size": ("square input size", "from the data"),
+    "normalize": "auto: train-split statistics; imagenet; half: mean 0.5 std 0.5; caffe: BGR 0-255",
+    "augment": "train-time augmentation, the same streamed or in memory: basic = flip + translation by 1/16 of the "
+               "side, strong = + 1/8 and cutout; per image, streaming only: jitter = flip, rotation, colour jitter, "
+               "trivial = resized crop, flip, affine, TrivialAugment",
+    "in_memory": "decode every image once into memory and augment whole batches (auto: when the decoded set fits in "
+                 "a quarter of the free memory)",
+}
+MODEL_HELP: dict[str, str | tuple[str, str]] = {
+    "dropout": "dropout before the classifier",
+    "hidden": "hidden width of the fc head",
+    "weights": "pretrained weights: FILE (.pth/.safetensors), a run directory, or torchvision:DEFAULT",
+    "freeze": "freeze the backbone, or only BatchNorm statistics",
+}
+TRAIN_HELP: dict[str, str | tuple[str, str]] = {
+    "epochs": "", "batch_size": "images per step; under torchrun the global batch, split evenly across the processes",
+    "optimizer": "", "lr": "", "weight_decay": "", "momentum": "sgd (Nesterov) and rmsprop", "label_smoothing": "",
+    "schedule": "", "warmup_epochs": "", "step_epochs": "step schedule: decay every N epochs", "step_gamma": "",
+    "clip_grad": "max gradient norm (0 = off)",
+    "patience": "early stopping after N epochs without a better val accuracy (0 = off)",
+    "seed": "random seed, recorded in the run", "deterministic": "", "device": "auto, cpu, cuda, cuda:N",
+    "amp": "mixed precision (auto: on for CUDA)", "channels_last": "channels-last memory format (auto: on for CUDA)",
+    "workers": ("DataLoader worker processes", "auto"), "quiet": "no progress bars or per-epoch lines",
+    "tensorboard": "write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)",
+    "recipe": "a named recipe fills every option you do not set; auto: fast for images <= 64 px when --model and "
+              "the optimiser options are not given; none: plain defaults",
+    "ema": "evaluate and save a moving average of the weights (decay per step, e.g. 0.99; 0 = off)",
+    "tta": "test-time augmentation wherever the run is evaluated or predicts (flip: average with the mirrored image)",
+}
+
+
+def add_options(group: Any, helps: dict[str, str | tuple[str, str]]) -> None:
+    """:func:`add_option` for every entry of ``helps``."""
+    for name, text in helps.items():
+        help_text, shown = text if isinstance(text, tuple) else (text, None)
+        add_option(group, name, help_text, default_text=shown)
+
+
 def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=required, help="DIR (a folder per class), FILE.csv/.tsv, builtin:shapes, "
                    "builtin:digits or torchvision:NAME")
-    add_option(g, "val_split", "validation fraction when the data has no val/ split")
-    add_option(g, "image_root", "folder that manifest paths are relative to")
-    add_option(g, "image_col", "manifest column with the image path", default_text="the first")
-    add_option(g, "label_col", "manifest column with the label", default_text="the second")
-    add_option(g, "root", "torchvision datasets: the folder holding the data")
-    add_option(g, "download", "torchvision datasets: download (needs internet)")
-    add_option(g, "skip_bad", "skip unreadable images and report how many")
-    add_option(g, "allow_outside_root", "let manifest paths point outside the manifest's folder")
+    add_options(g, DATA_HELP)
 
 
 def add_preprocess_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("preprocessing")
-    add_option(g, "channels", "1 (grayscale), 3 (RGB) or auto (1 when every sampled image is grayscale)")
-    add_option(g, "img_size", "square input size", default_text="from the data")
-    add_option(g, "normalize", "auto: train-split statistics; imagenet; half: mean 0.5 std 0.5; caffe: BGR 0-255")
-    add_option(g, "augment", "train-time augmentation; basic: flip + translation, strong: + more (see README)")
-    add_option(g, "in_memory", "decode every image once into memory and augment whole batches (auto: when the "
-               "decoded set fits in a quarter of the free memory)")
+    add_options(p.add_argument_group("preprocessing"), PREPROCESS_HELP)
 
 
 def add_model_args(p: argparse.ArgumentParser, head: bool = True) -> None:
@@ -130,40 +168,11 @@ def add_model_args(p: argparse.ArgumentParser, head: bool = True) -> None:
                    "see `gapvision summary --list`)")
     if head:
         g.add_argument("--head", help="gap, gmp, avgmax, catavgmax, fc or conv (default gap)")
-    add_option(g, "dropout", "dropout before the classifier")
-    add_option(g, "hidden", "hidden width of the fc head")
-    add_option(g, "weights", "pretrained weights: FILE (.pth/.safetensors), a run directory, or torchvision:DEFAULT")
-    add_option(g, "freeze", "freeze the backbone, or only BatchNorm statistics")
+    add_options(g, MODEL_HELP)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training")
-    add_option(g, "epochs")
-    add_option(g, "batch_size", "images per step; under torchrun the global batch, split evenly across the processes")
-    add_option(g, "optimizer")
-    add_option(g, "lr")
-    add_option(g, "weight_decay")
-    add_option(g, "momentum", "sgd (Nesterov) and rmsprop")
-    add_option(g, "label_smoothing")
-    add_option(g, "schedule")
-    add_option(g, "warmup_epochs")
-    add_option(g, "step_epochs", "step schedule: decay every N epochs")
-    add_option(g, "step_gamma")
-    add_option(g, "clip_grad", "max gradient norm (0 = off)")
-    add_option(g, "patience", "early stopping after N epochs without a better val accuracy (0 = off)")
-    add_option(g, "seed", "random seed, recorded in the run")
-    add_option(g, "deterministic")
-    add_option(g, "device", "auto, cpu, cuda, cuda:N")
-    add_option(g, "amp", "mixed precision (auto: on for CUDA)")
-    add_option(g, "channels_last", "channels-last memory format (auto: on for CUDA)")
-    add_option(g, "workers", "DataLoader worker processes", default_text="auto")
-    add_option(g, "quiet", "no progress bars or per-epoch lines")
-    add_option(g, "tensorboard", "write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)")
-    add_option(g, "recipe", "a named recipe fills every option you do not set; auto: fast for images <= 64 px when "
-               "--model and the optimiser options are not given; none: plain defaults")
-    add_option(g, "ema", "evaluate and save a moving average of the weights (decay per step, e.g. 0.99; 0 = off)")
-    add_option(g, "tta", "test-time augmentation wherever the run is evaluated or predicts (flip: average with the "
-               "mirrored image)")
+    add_options(p.add_argument_group("training"), TRAIN_HELP)
 
 
 def add_pretrained_args(p: argparse.ArgumentParser) -> None:

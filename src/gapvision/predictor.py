@@ -61,9 +61,7 @@ class Predictor:
             raise ValueError(f"tta must be {' or '.join(TTA_MODES)} (got {tta!r})")
         self.device = choose_device(device)
         self.precision = resolve_precision(self.device, amp, channels_last)
-        self.net = net.to(self.device).eval()
-        if self.precision.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = place(net, self.device, self.precision.channels_last).eval()
         self.preprocess = preprocess
         self.classes = list(classes) if classes is not None else None
         self.tta = tta
@@ -179,6 +177,17 @@ class Predictor:
         if self.preprocess is None:
             raise ValueError("this Predictor has no preprocessing: pass normalised tensors or a batch source")
         return self.preprocess
+
+
+def place(net: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
+    """``net`` on ``device`` (in the channels-last format if asked), touched only when it is not there yet: a
+    network whose tensors others hold views of (the Trainer's weight average) keeps them."""
+    tensors = [*net.parameters(), *net.buffers()]
+    if any(t.device != device for t in tensors):
+        net = net.to(device)
+    if channels_last and any(t.ndim == 4 and not t.is_contiguous(memory_format=torch.channels_last) for t in tensors):
+        net = net.to(memory_format=torch.channels_last)
+    return net
 
 
 def as_list(images: Any) -> list[Any]:
