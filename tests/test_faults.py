@@ -38,10 +38,11 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals and re
 
 SRC = Path(atomic.__file__).resolve().parent
 EPOCHS = 2  # killed/interrupted in epoch 2, resumed to the end (test_train checks longer resumes in-process)
-# Streaming (per-image PIL augmentation): an epoch lasts long enough for a signal sent when its progress bar shows to
-# land inside it; the in-memory path runs these 20 steps so fast that the signal could arrive after the epoch.
+# Streaming (per-image PIL augmentation, --augment jitter): an epoch lasts long enough for a signal sent when its
+# progress bar shows to land inside it; the in-memory path runs these 20 steps so fast that the signal could arrive
+# after the epoch.
 RUN = ["--data", "builtin:shapes?n=320&size=32", "--model", "fastnet_s", "--epochs", str(EPOCHS), "--img-size", "32",
-       "--batch-size", "16", "--augment", "basic", "--in-memory", "off", "--workers", "0", "--deterministic", "--seed",
+       "--batch-size", "16", "--augment", "jitter", "--in-memory", "off", "--workers", "0", "--deterministic", "--seed",
        "3", "--lr", "0.003"]
 # SGD at 0.05 for epoch 1, then the step schedule multiplies the rate by 1e8: epoch 2 diverges.
 DIVERGING = ["--data", "builtin:shapes?n=160&size=32", "--model", "fastnet_s", "--epochs", str(EPOCHS), "--img-size",

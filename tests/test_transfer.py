@@ -147,7 +147,7 @@ def test_nets_without_batchnorm_get_kaiming_init_that_keeps_the_signal():
         for m in convs:
             fan_in = m.weight[0].numel()
             assert float(m.weight.detach().std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.15), name
-            assert float(m.bias.abs().max()) == 0.0
+            assert float(m.bias.detach().abs().max()) == 0.0
         bb.eval()
         with torch.no_grad():
             out = bb(torch.randn(4, 3, 64, 64))

@@ -8,22 +8,24 @@ The Python API mirrors the CLI::
     run = gv.train("path/to/images", model="cifarcnn", head="gap", epochs=5)
     run = gv.load_run("runs/...")
     run.predict(["photo.jpg"])
+
+The names below are imported on first use: ``import gapvision`` itself does not load torch.
 """
 __version__ = "0.1.0"
 
-from .data import inspect_data, load_arrays, load_data, load_images  # noqa: E402
-from .errors import ConfigError, DataError, GapvisionError  # noqa: E402
-from .models import create_model  # noqa: E402
-from .models.summary import summarize  # noqa: E402
-from .runs import Run, load_run  # noqa: E402
-from .train.pipeline import evaluate, resume, train  # noqa: E402
-from .compare import compare  # noqa: E402  (the function; gapvision.compare.* modules stay importable)
-from .export import export  # noqa: E402
-from .localize import localize, to_fcn  # noqa: E402
-from .report import report  # noqa: E402
+from ._lazy import lazy_package
+from .errors import ConfigError, DataError, GapvisionError
+
+lazy_package(__name__, {
+    "inspect_data": ".data", "load_arrays": ".data", "load_data": ".data", "load_images": ".data",
+    "create_model": ".models", "summarize": ".models.summary",
+    "Run": ".runs", "load_run": ".runs", "Predictor": ".predictor",
+    "evaluate": ".train.pipeline", "resume": ".train.pipeline", "train": ".train.pipeline",
+    "compare": ".compare", "export": ".export", "localize": ".localize", "to_fcn": ".localize", "report": ".report",
+})
 
 __all__ = [
-    "ConfigError", "DataError", "GapvisionError", "Run", "compare", "create_model", "evaluate", "export",
+    "ConfigError", "DataError", "GapvisionError", "Predictor", "Run", "compare", "create_model", "evaluate", "export",
     "inspect_data", "load_arrays", "load_data", "load_images", "load_run", "localize", "report", "resume", "summarize",
     "to_fcn", "train", "__version__",
 ]

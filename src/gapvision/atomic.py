@@ -1,6 +1,7 @@
 """Atomic file writes: write beside the target, fsync, then rename. A crash or a full disk leaves the old file intact."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -12,8 +13,26 @@ from typing import Any, Callable, Iterator
 from .errors import GapvisionError
 
 TMP_SUFFIX = ".tmp"  # temporary files are named .<target name>.<random>.tmp beside their target
-_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it) and put back at once
-os.umask(_UMASK)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux: /proc/self/status); elsewhere
+    read once, on the first write, by setting and restoring it (os.umask can only be read that way)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _umask_once()
+
+
+@functools.lru_cache(maxsize=1)
+def _umask_once() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -25,7 +44,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the file the mode open() would
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give the file the mode open() would
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

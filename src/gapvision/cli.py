@@ -1,131 +1,30 @@
 """Command-line interface: argument parsing only; every command calls the Python API.
 
+Every command module has a ``register(sub)`` that adds its sub-parser with ``set_defaults(handler=...)``; this one
+(train, evaluate, predict, inspect-data, summary, demo) and those listed in :data:`COMMAND_MODULES`. The shared
+option groups are in options.py. Nothing here imports torch until a command runs (``gapvision --help`` stays fast).
+
 User mistakes (GapvisionError) print one line ``error: ...`` and exit with code 2, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from .errors import GapvisionError, Interrupted
+from .options import (OPTION_NAMES, add_data_args, add_model_args, add_preprocess_args, add_pretrained_args,
+                      add_train_args, collect, load_opts)
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
-
-
-def command(name: str) -> Callable:
-    def deco(fn: Callable[[argparse.Namespace], int | None]) -> Callable:
-        COMMANDS[name] = fn
-        return fn
-
-    return deco
-
-
-# -- shared option groups (one definition each, reused by every command that needs them) -------------------------
-def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", required=required, help="DIR (a folder per class), FILE.csv/.tsv, builtin:shapes, "
-                   "builtin:digits or torchvision:NAME")
-    g.add_argument("--val-split", type=float, help="validation fraction when the data has no val/ split (default 0.2)")
-    g.add_argument("--image-root", help="folder that manifest paths are relative to")
-    g.add_argument("--image-col", help="manifest column with the image path (default: the first)")
-    g.add_argument("--label-col", help="manifest column with the label (default: the second)")
-    g.add_argument("--root", help="torchvision datasets: the folder holding the data")
-    g.add_argument("--download", action="store_true", default=None, help="torchvision datasets: download (needs internet)")
-    g.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images and report how many")
-    g.add_argument("--allow-outside-root", action="store_true", default=None,
-                   help="let manifest paths point outside the manifest's folder")
-
-
-def add_preprocess_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("preprocessing")
-    g.add_argument("--channels", choices=["1", "3", "auto"], help="1 (grayscale), 3 (RGB) or auto (default)")
-    g.add_argument("--img-size", type=int, help="square input size (default: from the data)")
-    g.add_argument("--normalize", choices=["auto", "imagenet", "half", "caffe"],
-                   help="auto: train-split statistics (default); imagenet; half: mean 0.5 std 0.5; caffe: BGR 0-255")
-    g.add_argument("--augment", choices=["none", "basic", "strong"], help="train-time augmentation (default basic)")
-    g.add_argument("--in-memory", choices=["auto", "on", "off"],
-                   help="decode every image once into memory and augment whole batches (auto: when the decoded set "
-                        "fits in a quarter of the free memory; default)")
-
-
-def add_model_args(p: argparse.ArgumentParser, head: bool = True) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="backbone name (gapcnn, cifarcnn, resnet20, resnet18, mobilenet_v2...; "
-                   "see `gapvision summary --list`)")
-    if head:
-        g.add_argument("--head", help="gap, gmp, avgmax, catavgmax, fc or conv (default gap)")
-    g.add_argument("--dropout", type=float, help="dropout before the classifier")
-    g.add_argument("--hidden", type=int, help="hidden width of the fc head (default 256)")
-    g.add_argument("--weights", help="pretrained weights: FILE (.pth/.safetensors), a run directory, or torchvision:DEFAULT")
-    g.add_argument("--freeze", choices=["none", "backbone", "bn"], help="freeze the backbone, or only BatchNorm statistics")
-
-
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="images per step (default 64); under torchrun the global batch, "
-                   "split evenly across the processes")
-    g.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"])
-    g.add_argument("--lr", help="learning rate: a number, LOW:HIGH (the backbone's and the head's, e.g. 1e-4:1e-3) "
-                   "or auto (run the LR finder first and use its suggestion)")
-    g.add_argument("--backbone-lr", type=float, help="the backbone's learning rate (default: --lr)")
-    g.add_argument("--freeze-epochs", type=int, help="first epochs with the backbone frozen, training the head only "
-                   "(transfer recipe: 1)")
-    g.add_argument("--freeze-lr", type=float, help="learning rate of the head-only epochs (default: --lr)")
-    g.add_argument("--cache-features", choices=["auto", "off"], help="head-only epochs on feature maps computed once "
-                   "(auto, default) or by running the frozen backbone every step (off)")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--schedule", choices=["none", "cosine", "onecycle", "step"])
-    g.add_argument("--warmup-epochs", type=float)
-    g.add_argument("--step-epochs", type=int, help="step schedule: decay every N epochs")
-    g.add_argument("--step-gamma", type=float)
-    g.add_argument("--clip-grad", type=float, help="max gradient norm (0 = off)")
-    g.add_argument("--patience", type=int, help="early stopping after N epochs without a better val accuracy")
-    g.add_argument("--seed", type=int, help="random seed (default 0), recorded in the run")
-    g.add_argument("--deterministic", action="store_true", default=None)
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    g.add_argument("--amp", choices=["auto", "on", "off"], help="mixed precision (auto: on for CUDA)")
-    g.add_argument("--channels-last", choices=["auto", "on", "off"])
-    g.add_argument("--workers", type=int, help="DataLoader worker processes (default: auto)")
-    g.add_argument("--quiet", action="store_true", default=None, help="no progress bars or per-epoch lines")
-    g.add_argument("--tensorboard", action="store_true", default=None,
-                   help="write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)")
-    g.add_argument("--recipe", choices=["auto", "fast", "transfer", "none"],
-                   help="fast: the fast small-image recipe fills every option you do not set; transfer: fine-tuning "
-                        "pretrained weights (head-only epoch, then discriminative lrs, BN statistics fixed); auto "
-                        "(default): transfer when --weights is given, fast for images <= 64 px without --model, in "
-                        "both cases only when no optimiser option is given; none: plain defaults")
-    g.add_argument("--ema", type=float, help="evaluate and save a moving average of the weights (decay per step, "
-                   "e.g. 0.99; 0 = off)")
-    g.add_argument("--tta", choices=["off", "flip"], help="test-time augmentation when evaluating (flip: average "
-                   "with the mirrored image)")
-
-
-OPTION_NAMES = (
-    "val_split", "image_root", "image_col", "label_col", "root", "download", "skip_bad", "allow_outside_root",
-    "channels", "img_size", "normalize", "augment", "dropout", "hidden", "weights", "freeze", "epochs", "batch_size",
-    "optimizer", "lr", "weight_decay", "momentum", "label_smoothing", "schedule", "warmup_epochs", "step_epochs",
-    "step_gamma", "clip_grad", "patience", "seed", "deterministic", "device", "amp", "channels_last", "workers", "quiet",
-    "tensorboard", "in_memory", "recipe", "ema", "tta", "backbone_lr", "freeze_epochs", "freeze_lr", "cache_features",
-)
-
-
-def collect(args: argparse.Namespace, names: Sequence[str] = OPTION_NAMES) -> dict[str, Any]:
-    """The options the user actually gave (None = not given, so API defaults apply)."""
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-
-
-def load_opts(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("val_split", "image_root", "image_col", "label_col", "root", "download", "skip_bad", "allow_outside_root")
-    return collect(args, keys)
+#: the modules whose ``register(sub)`` adds sub-commands, in the order ``--help`` lists them
+COMMAND_MODULES = ("gapvision.cli", "gapvision.share", "gapvision.compare.cli", "gapvision.localize.cli")
+__all__ = ["COMMAND_MODULES", "OPTION_NAMES", "add_data_args", "add_model_args", "add_preprocess_args",
+           "add_pretrained_args", "add_train_args", "build_parser", "collect", "load_opts", "main"]
 
 
 # -- commands ------------------------------------------------------------------------------------------------
-@command("train")
 def cmd_train(a: argparse.Namespace) -> None:
     from .train.pipeline import resume, train
 
@@ -137,7 +36,6 @@ def cmd_train(a: argparse.Namespace) -> None:
     train(a.data, a.model, a.head, out=a.out, **collect(a))  # no --model: the recipe's or gapcnn (see recipes.py)
 
 
-@command("lr-find")
 def cmd_lr_find(a: argparse.Namespace) -> None:
     from .train.lr_find import lr_find
 
@@ -147,7 +45,6 @@ def cmd_lr_find(a: argparse.Namespace) -> None:
           f"{'head only' if res.phase == 'head' else 'whole network'})" + (f"; plot in {res.plot}" if res.plot else ""))
 
 
-@command("evaluate")
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .train.pipeline import evaluate
 
@@ -157,7 +54,6 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         print(f"metrics and confusion matrix in {res['out']}")
 
 
-@command("predict")
 def cmd_predict(a: argparse.Namespace) -> None:
     from .predict import format_table, open_predictor
     from .runs import list_images
@@ -183,7 +79,6 @@ def cmd_predict(a: argparse.Namespace) -> None:
         print(format_table(results))
 
 
-@command("inspect-data")
 def cmd_inspect(a: argparse.Namespace) -> None:
     from .data.inspect import format_inspection, inspect_data
 
@@ -191,7 +86,6 @@ def cmd_inspect(a: argparse.Namespace) -> None:
     print(format_inspection(report))
 
 
-@command("summary")
 def cmd_summary(a: argparse.Namespace) -> None:
     from .models import create_model, list_backbones
     from .models.summary import summarize
@@ -205,21 +99,14 @@ def cmd_summary(a: argparse.Namespace) -> None:
     print(summarize(net, a.img_size, channels))
 
 
-@command("demo")
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(out=a.out, quiet=a.quiet)
 
 
-# -- parser ----------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    p = argparse.ArgumentParser(prog="gapvision", description="Train, compare and explain CNN image classifiers.")
-    p.add_argument("--version", action="version", version=f"gapvision {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
+def register(sub: Any) -> None:
+    """The core sub-commands."""
     t = sub.add_parser("train", help="train a classifier; writes a run directory")
     add_data_args(t, required=False)
     add_preprocess_args(t)
@@ -227,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(t)
     t.add_argument("--out", help="run directory (default runs/<time>-<model>-<head>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.set_defaults(handler=cmd_train)
 
     lf = sub.add_parser("lr-find", help="LR range test: loss against learning rate, a suggested lr and lr_find.png")
     add_data_args(lf)
@@ -237,12 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--start-lr", type=float, default=1e-7, help="first lr of the sweep (default 1e-7)")
     lf.add_argument("--end-lr", type=float, default=10.0, help="last lr of the sweep (default 10)")
     lf.add_argument("--steps", type=int, default=100, help="optimisation steps of the sweep (default 100)")
+    lf.set_defaults(handler=cmd_lr_find)
 
     e = sub.add_parser("evaluate", help="metrics and confusion matrix of a run on another dataset or split")
     e.add_argument("run", metavar="RUN_DIR")
     add_data_args(e)
     e.add_argument("--split", choices=["train", "val", "test"], help="evaluate one split of --data (default: all images)")
     e.add_argument("--out", help="folder for metrics.json and confusion.png (default RUN_DIR/evaluations/...)")
+    e.set_defaults(handler=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="top-k classes for images or folders")
     pr.add_argument("paths", nargs="+", metavar="[RUN_DIR] IMAGE_OR_DIR",
@@ -252,10 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", metavar="FILE.jsonl", help="write the --json records to FILE in input order (folders "
                     "and .csv/.tsv manifests); under torchrun the processes share the images; a rerun skips those done")
     add_pretrained_args(pr)
+    pr.set_defaults(handler=cmd_predict)
 
     i = sub.add_parser("inspect-data", help="class counts, sizes, modes, problems and a sample grid")
     add_data_args(i)
     i.add_argument("--out", default="samples.png", help="PNG grid of samples per class (default samples.png)")
+    i.set_defaults(handler=cmd_inspect)
 
     s = sub.add_parser("summary", help="layer table with output shapes, parameters and mult-adds")
     s.add_argument("--model")
@@ -266,13 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dropout", type=float)
     s.add_argument("--hidden", type=int)
     s.add_argument("--list", action="store_true", help="list the available backbones")
+    s.set_defaults(handler=cmd_summary)
 
     d = sub.add_parser("demo", help="train a GAP model on built-in shapes (offline, about a minute)")
     d.add_argument("--out", help="run directory")
     d.add_argument("--quiet", action="store_true")
+    d.set_defaults(handler=cmd_demo)
 
-    for extend in EXTENSIONS:
-        extend(sub)
+
+# -- parser ----------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="gapvision", description="Train, compare and explain CNN image classifiers.")
+    p.add_argument("--version", action="version", version=f"gapvision {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return p
 
 
@@ -286,22 +188,6 @@ def run_and_inputs(a: argparse.Namespace) -> tuple[str | None, list[str]]:
     return a.paths[0], list(a.paths[1:])
 
 
-def add_pretrained_args(p: argparse.ArgumentParser) -> None:
-    """Options that build a predictor from a backbone + weights + labels instead of a run directory."""
-    g = p.add_argument_group("pretrained model instead of a run")
-    g.add_argument("--model", help="backbone name, e.g. mobilenet_v2")
-    g.add_argument("--head", help="head kind (default: the backbone's own, e.g. gap; conv for squeezenet)")
-    g.add_argument("--weights", help="weights file for --model")
-    g.add_argument("--labels", help="class names: ImageNet JSON index or a text file with one label per line")
-    g.add_argument("--normalize", choices=["imagenet", "half", "caffe"], help="preprocessing of --weights")
-    g.add_argument("--img-size", type=int, help="input size for --model (default 224)")
-    g.add_argument("--crop", type=float, help="central fraction kept before resizing, for --model (default 0.875)")
-
-
-# Other modules (compare, localize, export, serve, report) register their sub-commands here.
-EXTENSIONS: list[Callable[[Any], None]] = []
-
-
 def one_line(e: BaseException) -> str:
     """The last meaningful line of an error (DataLoader workers wrap messages in tracebacks)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -313,15 +199,13 @@ def one_line(e: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import extensions  # noqa: F401  (registers optional sub-commands)
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
     try:
-        rc = COMMANDS[args.command](args)
+        rc = args.handler(args)
     except Interrupted as e:  # Ctrl-C after the work was saved: say how to continue, exit like an interrupted shell
         print(one_line(e), file=sys.stderr)
         return 130

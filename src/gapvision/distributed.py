@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from . import atomic
+from .devices import uses_cuda
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -71,11 +72,6 @@ def detect() -> Context:
     if not 0 <= rank < world:
         raise ConfigError(f"RANK {rank} is outside WORLD_SIZE {world}: start the job with torchrun")
     return Context(rank, world, local, launched=True)
-
-
-def uses_cuda(device: str = "auto") -> bool:
-    """Whether ``--device`` resolves to CUDA on this machine."""
-    return device != "cpu" and not device.startswith("cpu") and torch.cuda.is_available()
 
 
 def setup(device: str = "auto") -> Context:
@@ -401,9 +397,9 @@ def merge_jsonl(names: Sequence[str], output: str | Path) -> None:
         parts.rmdir()
 
 
-def expand_inputs(paths: Sequence[str | Path]) -> list[str]:
-    """Image names for batch inference: folders (recursively, sorted), manifests (.csv/.tsv: their image column,
-    relative paths resolved against the manifest's folder) and image files, in the order given."""
+def inference_inputs(paths: Sequence[str | Path]) -> list[str]:
+    """Image names for batch inference: folders (walked by the rules of data/files.py), manifests (.csv/.tsv: their
+    image column, relative paths resolved against the manifest's folder) and image files, in the order given."""
     from .data.sources import load_images
     from .runs import list_images
 
@@ -416,9 +412,12 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[str]:
     return names
 
 
+expand_inputs = inference_inputs  # the name scripts and tests know
+
+
 def _sharded_inputs(inputs: Sequence[str | Path]) -> list[str]:
     setup()
-    names = expand_inputs(inputs)
+    names = inference_inputs(inputs)
     if not names:
         raise ConfigError("no images found in " + ", ".join(map(str, inputs)))
     return names
@@ -428,10 +427,8 @@ def predict_to_jsonl(run: Any, inputs: Sequence[str | Path], output: str | Path,
                      batch_size: int = 64) -> ShardedResult:
     """``gapvision predict --output FILE.jsonl``: top-k records (as ``--json`` prints them) for every input image,
     computed by all torchrun ranks together and merged in input order; a rerun skips images already done."""
-    names = _sharded_inputs(inputs)
-    run.model.to(inference_device())
-    return map_to_jsonl(names, lambda chunk: run.predict(chunk, topk=topk, batch_size=batch_size), output,
-                        batch_size=batch_size)
+    names = _sharded_inputs(inputs)  # joins the process group first: --device auto is then this rank's GPU
+    return map_to_jsonl(names, lambda chunk: run.predict(chunk, topk=topk), output, batch_size=batch_size)
 
 
 def localize_to_jsonl(run: Any, inputs: Sequence[str | Path], output: str | Path, *, batch_size: int = 16,
@@ -445,16 +442,8 @@ def localize_to_jsonl(run: Any, inputs: Sequence[str | Path], output: str | Path
     videos = [n for n in names if is_video(n)]
     if videos:
         raise ConfigError(f"--output takes still images, not videos ({videos[0]}): localize videos without --output")
-    if current().active and (options.get("device") is None or str(options["device"]).startswith("cuda")):
-        options["device"] = inference_device()
+    if current().active and str(options.get("device") or "").startswith("cuda:"):
+        options["device"] = "cuda"  # this rank's GPU, selected by setup()
     loc = Localizer(as_run(run), **options)
     return map_to_jsonl(names, lambda chunk: [r.to_dict() for r in loc(chunk, chunk, batch_size)], output,
                         batch_size=batch_size)
-
-
-def inference_device() -> torch.device:
-    """The device for this rank's share of inference: its own GPU under torchrun, else CUDA if present, else CPU."""
-    if torch.cuda.is_available():
-        ctx = current()
-        return torch.device("cuda", ctx.local_rank if ctx.active else torch.cuda.current_device())
-    return torch.device("cpu")

@@ -16,6 +16,7 @@ ONNX uses torch's ``torch.export``-based exporter (needs ``onnxscript``, part of
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import importlib.util
 import io
@@ -31,6 +32,7 @@ from torch import nn
 from . import __version__, atomic
 from .data.transforms import Preprocess, normalize, to_uint8
 from .errors import ConfigError, GapvisionError
+from .predictor import Predictor
 from .runs import Run, load_run, to_pil
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
@@ -70,13 +72,15 @@ def default_path(run: Run, format: str, fcn: bool) -> Path:
 
 
 def exported_module(run: Run, fcn: bool) -> nn.Module:
-    """The eager module that gets exported: the Classifier, or its fully-convolutional copy (on CPU, eval mode)."""
-    net = run.model.to("cpu").eval()
+    """The eager module that gets exported: a CPU copy (eval mode, contiguous) of the Classifier or of its
+    fully-convolutional form; the run's own model stays where its Predictor put it."""
     if fcn:
         from .localize import to_fcn
 
-        return to_fcn(net).to("cpu").eval()
-    return net
+        net = to_fcn(run.model)
+    else:
+        net = copy.deepcopy(run.model)
+    return net.to("cpu", memory_format=torch.contiguous_format).eval()
 
 
 def dynamic_size(run: Run, fcn: bool) -> bool:
@@ -268,12 +272,11 @@ def check_parity(path: str | Path, run: Run | str | Path, fcn: bool = False, ima
     run = run if isinstance(run, Run) else load_run(run)
     if images is None:
         images = sample_images(run)
-    net = exported_module(run, fcn)
+    reference = Predictor(exported_module(run, fcn), run.preprocess, device="cpu")  # eager fp32, no TTA: the graph
     runner = _Runner(Path(path))
     checks = []
     for name, x in parity_inputs(run, fcn, images):
-        with torch.no_grad():
-            ref = net(x).float().numpy()
+        ref = reference.forward(x).numpy()
         got = runner(x)
         if got.shape != ref.shape:
             raise GapvisionError(f"{path}: output shape {list(got.shape)} differs from PyTorch's {list(ref.shape)} "

@@ -1,16 +1,32 @@
-"""Figures written into run directories: loss/accuracy curves and the confusion matrix (matplotlib, Agg)."""
+"""Figures written into run directories: loss/accuracy curves and the confusion matrix.
+
+Every figure is a :class:`matplotlib.figure.Figure` on its own Agg canvas (:func:`new_figure`): nothing here selects
+a global backend or touches pyplot, so a notebook user's matplotlib settings stay as they were.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from . import atomic
 
-from . import atomic  # noqa: E402
+
+def new_figure(**kw: Any) -> Any:
+    """A matplotlib Figure drawn by the Agg renderer (``kw`` as for Figure: figsize...)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Lay out and write ``fig`` atomically at 100 dpi."""
+    fig.tight_layout()
+    atomic.savefig(fig, path, dpi=100)
 
 
 def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> None:
@@ -18,7 +34,8 @@ def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> N
     if not history:
         return
     ep = [r["epoch"] for r in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))
+    a, b = fig.subplots(1, 2)
     a.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
     a.plot(ep, [r["val_loss"] for r in history], "o-", label="validation")
     a.set(xlabel="epoch", ylabel="loss", title="loss")
@@ -30,9 +47,7 @@ def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> N
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    atomic.savefig(fig, path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "") -> None:
@@ -41,7 +56,8 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
     k = len(classes)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     size = min(14, 3 + 0.5 * k)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    fig = new_figure(figsize=(size, size * 0.9))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title=title or "confusion matrix")
     ax.set_xticklabels(classes, rotation=45, ha="right")
@@ -52,6 +68,4 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center",
                         color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    atomic.savefig(fig, path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -229,14 +229,13 @@ def load_validation(run: Run) -> ImageSet:
     return splits.val
 
 
-def validation_losses(run: Run, val: ImageSet, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image cross-entropy loss and class probabilities (N x K) of the run's model on ``val``."""
-    from .train.config import TrainConfig
+def validation_losses(run: Run, val: ImageSet, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image cross-entropy loss and class probabilities (N x K) of the run's model on ``val`` (its Predictor)."""
     from .train.pipeline import make_batches
-    from .train.trainer import Trainer
 
-    trainer = Trainer(run.model, TrainConfig(quiet=True))
-    res = trainer.evaluate(make_batches(val, run.preprocess, batch_size, workers=0), keep_probs=True)
+    predictor = run.predictor
+    res = predictor.evaluate(make_batches(val, run.preprocess, batch_size or predictor.batch_size, workers=0),
+                             keep_probs=True)
     probs = res.probs if res.probs is not None else np.zeros((0, len(run.classes)))
     p_true = probs[np.arange(len(res.targets)), res.targets]
     return -np.log(np.clip(p_true, 1e-12, 1.0)), probs
@@ -264,20 +263,20 @@ def mistakes_section(run: Run, val: ImageSet, k: int = WORST) -> str:
 def class_maps_section(run: Run, val: ImageSet, n: int = MAP_SAMPLES) -> str:
     """One validation image per class (up to ``n``) with the predicted class's map from the FCN model."""
     try:
-        from .localize import class_maps, to_fcn, upsample
+        from .localize import upsample
         from .localize.render import heat_overlay
 
-        fcn = to_fcn(run.model.to("cpu").eval())
+        fcn = run.predictor.fcn
     except (ImportError, GapvisionError) as e:
         return section("Sample class maps", note(f"class maps are not available for this model: {e}"), "class-maps")
-    from .data.transforms import normalize, to_uint8
+    from .data.transforms import to_uint8
 
     picks = sample_indices(val.labels, len(run.classes), n)
     pils = [val.load(i) for i in picks]
     seen = torch.stack([to_uint8(im, run.preprocess) for im in pils])  # what the network sees, at training size
-    maps = class_maps(fcn, normalize(seen, run.preprocess))
-    probs = upsample(maps.probs, tuple(seen.shape[-2:]))
-    image_probs = maps.image_logits.softmax(1)
+    maps = run.predictor.class_maps(seen)
+    probs = upsample(maps.probs, tuple(seen.shape[-2:])).cpu()
+    image_probs = maps.image_logits.softmax(1).cpu()
     tiles = []
     for j, i in enumerate(picks):
         pred = int(image_probs[j].argmax())
@@ -351,13 +350,14 @@ def compare_runs(path: Path) -> list[tuple[str, Run]]:
 def plot_overlaid(runs: Sequence[tuple[str, Run]], path: Path) -> None:
     """Validation accuracy and loss per epoch, one line per run, colour by head."""
     import matplotlib
+    from matplotlib.lines import Line2D
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import new_figure, save_figure
 
     heads = sorted({r.model_config.head for _, r in runs})
-    colours = {h: plt.get_cmap("tab10")(i % 10) for i, h in enumerate(heads)}
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = {h: matplotlib.colormaps["tab10"](i % 10) for i, h in enumerate(heads)}
+    fig = new_figure(figsize=(11, 4.2))
+    a, b = fig.subplots(1, 2)
     for name, r in runs:
         hist = r.history
         ep = [h["epoch"] for h in hist]
@@ -368,8 +368,6 @@ def plot_overlaid(runs: Sequence[tuple[str, Run]], path: Path) -> None:
     b.set(xlabel="epoch", ylabel="validation loss")
     for ax in (a, b):
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], color=colours[h], label=h) for h in heads]
+    handles = [Line2D([], [], color=colours[h], label=h) for h in heads]
     a.legend(handles=handles, title="head")
-    fig.tight_layout()
-    atomic.savefig(fig, path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

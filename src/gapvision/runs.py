@@ -19,17 +19,16 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
 from . import atomic
-from .data.transforms import Preprocess, eval_transform
+from .data.images import to_pil  # noqa: F401 - re-exported: callers open images through runs.to_pil too
+from .data.transforms import Preprocess
+from .devices import choose_device
 from .errors import GapvisionError
 from .models.classifier import Classifier, ModelConfig, create_model
-
-FORMAT_VERSION = 1
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+from .predictor import Predictor, image_name, inference_options  # noqa: F401 - image_name re-exported
+from .runformat import FORMAT_VERSION, HISTORY_COLUMNS, WEIGHTS, read_config  # noqa: F401 - FORMAT_VERSION re-exported
 
 
 def default_run_dir(model: str, head: str, base: str | Path = "runs") -> Path:
@@ -111,7 +110,11 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 class Run:
-    """A trained model with its classes and preprocessing; usually read from a run directory by :func:`load_run`."""
+    """A trained model with its classes and preprocessing; usually read from a run directory by :func:`load_run`.
+
+    ``run.predictor`` is the run's one :class:`~gapvision.predictor.Predictor` (its device, TTA, AMP and batch size
+    from config.json); every command that runs the model goes through it.
+    """
 
     def __init__(self, path: Path | None, config: dict, model: Classifier | None = None):
         self.path = path
@@ -120,21 +123,36 @@ class Run:
         self.preprocess = Preprocess.from_dict(config["preprocess"])
         self.model_config = ModelConfig.from_dict(config["model"])
         self._model = model
+        self._predictor: Predictor | None = None
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, model={self.model_config.model}, head={self.model_config.head})"
 
     @property
     def model(self) -> Classifier:
-        """The trained Classifier in eval mode (built and loaded on first use)."""
+        """The trained Classifier in eval mode (built and loaded on first use; it lives where the predictor put it)."""
         if self._model is None:
             net = create_model(**{k: v for k, v in self.model_config.to_dict().items()})
-            weights = self.path / "model.safetensors" if self.path else None
+            weights = self.path / WEIGHTS if self.path else None
             if weights is None or not weights.exists():
                 raise GapvisionError(f"{self.path} has no model.safetensors yet (training did not finish an epoch)")
             load_run_weights(net, weights)
             self._model = net.eval()
         return self._model
+
+    @property
+    def predictor(self) -> Predictor:
+        """The run's Predictor (built on first use, on ``--device auto``)."""
+        return self._predictor or self.use_device("auto")
+
+    def use_device(self, device: str | torch.device | None) -> Predictor:
+        """The run's Predictor on ``device`` (None: keep the current one); the model moves there with it."""
+        if device is None and self._predictor is not None:
+            return self._predictor
+        if self._predictor is None or self._predictor.device != choose_device(device):
+            self._predictor = Predictor(self.model, self.preprocess, self.classes, device=device,
+                                        **inference_options(self.config.get("train")))
+        return self._predictor
 
     @property
     def history(self) -> list[dict]:
@@ -150,85 +168,26 @@ class Run:
         return json.loads(p.read_text()) if p is not None and p.exists() else {}
 
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.predictor.device
 
-    def predict_logits(self, images: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
-        """Logits for a list of images (paths, PIL images or uint8 arrays), each resized to the training size."""
-        tf = eval_transform(self.preprocess)
-        out = []
-        net = self.model
-        dev = self.device()
-        with torch.inference_mode():
-            for i in range(0, len(images), batch_size):
-                x = torch.stack([tf(to_pil(im)) for im in images[i : i + batch_size]]).to(dev)
-                out.append(net(x).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+    def predict_logits(self, images: Sequence[Any], batch_size: int | None = None) -> torch.Tensor:
+        """Logits (CPU) for a list of images (paths, PIL images or uint8 arrays), each resized to the training size."""
+        return self.predictor.logits(images, batch_size=batch_size)
 
-    def predict(self, images: Sequence[Any] | Any, topk: int = 3, batch_size: int = 32) -> list[dict]:
+    def predict(self, images: Sequence[Any] | Any, topk: int = 3, batch_size: int | None = None) -> list[dict]:
         """``[{"image": name, "top": [{"label": ..., "prob": ...}, ...]}, ...]`` for each image."""
-        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
-            images = [images]
-        images = list(images)
-        probs = self.predict_logits(images, batch_size).softmax(dim=1)
-        k = max(1, min(topk, len(self.classes)))
-        top_p, top_i = probs.topk(k, dim=1)
-        return [
-            {
-                "image": image_name(im, n),
-                "top": [{"label": self.classes[int(j)], "prob": round(float(p), 6)} for p, j in zip(ps, js)],
-            }
-            for n, (im, ps, js) in enumerate(zip(images, top_p, top_i))
-        ]
-
-
-def image_name(im: Any, index: int) -> str:
-    return str(im) if isinstance(im, (str, Path)) else f"#{index}"
-
-
-def to_pil(im: Any) -> Image.Image:
-    """A path, PIL image or uint8 array -> PIL image (paths go through the one image decoder)."""
-    if isinstance(im, Image.Image):
-        return im
-    if isinstance(im, (str, Path)):
-        from .data.images import open_image
-
-        return open_image(im)
-    arr = np.asarray(im)
-    return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+        return self.predictor.predict(images, topk=topk, batch_size=batch_size)
 
 
 def load_run(path: str | Path) -> Run:
     """Read a run directory written by ``gapvision train``."""
     path = Path(path)
-    cfg_path = path / "config.json"
-    if not cfg_path.exists():
-        raise GapvisionError(f"{path} is not a gapvision run directory (no config.json): pass the folder `train` wrote")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise GapvisionError(f"{cfg_path} is not valid JSON ({e.msg} at line {e.lineno}); the run is damaged") from None
-    version = int(config.get("format_version", 0))
-    if version > FORMAT_VERSION:
-        raise GapvisionError(
-            f"{path} was written by a newer gapvision (run format {version}, this one reads up to {FORMAT_VERSION}): "
-            "upgrade gapvision (pip install -U gapvision)"
-        )
-    for key in ("classes", "preprocess", "model"):
-        if key not in config:
-            raise GapvisionError(f"{cfg_path} lacks the {key!r} entry; the run is damaged or not from gapvision")
-    return Run(path, config)
+    return Run(path, read_config(path))
 
 
 def list_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand folders (recursively, sorted) into image files; files are kept as given."""
+    """Image files of ``paths``: folders walked by the one walker's rules (data/files.py), files kept as given."""
+    from .data.files import expand_inputs
     from .data.images import IMAGE_EXTENSIONS
 
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise GapvisionError(f"{p}: no such file or folder")
-    return out
+    return expand_inputs(paths, IMAGE_EXTENSIONS)

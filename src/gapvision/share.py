@@ -1,11 +1,11 @@
 """Sub-commands that take a trained model to where people work: ``export`` (ONNX/TorchScript), ``serve`` (a web
-page and JSON API) and ``report`` (one self-contained HTML file). Registered in ``gapvision.cli.EXTENSIONS``."""
+page and JSON API) and ``report`` (one self-contained HTML file); listed in ``gapvision.cli.COMMAND_MODULES``."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from . import cli
+from .options import add_pretrained_args
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
     e.add_argument("--check-images", nargs="+", metavar="IMAGE_OR_DIR",
                    help="real images for the parity check (default: a few of the run's validation images)")
     e.add_argument("--no-check", action="store_true", help="skip the parity check")
-    cli.COMMANDS["export"] = cmd_export
+    e.set_defaults(handler=cmd_export)
 
     s = sub.add_parser("serve", help="a web page and JSON API (/predict, /localize, /health) to try the model")
     s.add_argument("run", metavar="RUN_DIR", nargs="?", help="a run directory (or use --model/--weights/--labels)")
@@ -65,13 +65,10 @@ def register(sub: Any) -> None:
     g.add_argument("--threshold", help="0.5 (probability), 50%% (of each map's max) or otsu")
     g.add_argument("--min-score", type=float)
     g.add_argument("--max-side", type=int, default=1024, help="shrink larger images to this side first (default 1024)")
-    cli.add_pretrained_args(s)
-    cli.COMMANDS["serve"] = cmd_serve
+    add_pretrained_args(s)
+    s.set_defaults(handler=cmd_serve)
 
     r = sub.add_parser("report", help="one self-contained HTML report of a run or a compare directory")
     r.add_argument("path", metavar="RUN_DIR|COMPARE_DIR")
     r.add_argument("--out", help="output file (default PATH/report.html)")
-    cli.COMMANDS["report"] = cmd_report
-
-
-cli.EXTENSIONS.append(register)
+    r.set_defaults(handler=cmd_report)

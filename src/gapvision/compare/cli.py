@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import cli
+from .. import options as opts
 from ..errors import ConfigError
 
 
@@ -11,10 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``compare`` sub-command (called by gapvision.cli.build_parser)."""
     p = sub.add_parser("compare", help="train several heads (fc, gap, gmp...) on the same data and seeds; "
                        "writes a table, curves and a verdict")
-    cli.add_data_args(p)
-    cli.add_preprocess_args(p)
-    cli.add_model_args(p, head=False)
-    cli.add_train_args(p)
+    opts.add_data_args(p)
+    opts.add_preprocess_args(p)
+    opts.add_model_args(p, head=False)
+    opts.add_train_args(p)
     g = p.add_argument_group("comparison")
     g.add_argument("--heads", default="fc,gap,gmp", help="heads to compare (default fc,gap,gmp; also avgmax, "
                    "catavgmax, conv)")
@@ -28,13 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--quick", action="store_true", help="a quick check: --epochs 2 --max-images 1000 unless given")
     g.add_argument("--out", help="folder for the runs and the summary (default runs/<time>-<model>-compare); "
                    "rerun the same command to continue an interrupted comparison")
+    p.set_defaults(handler=cmd_compare)
 
 
-@cli.command("compare")
 def cmd_compare(a: argparse.Namespace) -> None:
     from .api import compare
 
-    options = cli.collect(a)
+    options = opts.collect(a)
     seed = options.pop("seed", None)
     if a.seeds and seed is not None:
         raise ConfigError("give --seeds 0,1,2 or --seed N, not both")
@@ -49,5 +49,3 @@ def cmd_compare(a: argparse.Namespace) -> None:
     print((result.path / "summary.md").read_text())
     print(result.report.split("\n\n")[1])  # the answer to "can GAP replace the FC layer?"
 
-
-cli.EXTENSIONS.append(register)

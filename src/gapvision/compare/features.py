@@ -29,7 +29,7 @@ from ..data.transforms import Preprocess
 from ..models.classifier import Classifier, feature_size
 from ..train.config import TrainConfig
 from ..train.pipeline import DataOptions, Feed, make_batches
-from ..train.trainer import resolve_device
+from ..devices import choose_device as resolve_device
 
 MapBatch = tuple[torch.Tensor, torch.Tensor]  # feature maps and labels of one batch
 

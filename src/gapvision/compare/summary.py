@@ -147,28 +147,24 @@ def curves(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def plot_over_seeds(runs: dict[str, list[Run]], key: str, label: str, path: Path, title: str) -> None:
     """One curve per head: the mean over seeds, with a band from the lowest to the highest seed."""
-    import matplotlib
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import new_figure, save_figure
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = new_figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for head, rs in runs.items():
         ep, mean, lo, hi = curves(rs, key)
         (line,) = ax.plot(ep, mean, "o-", ms=3, label=f"{head} ({len(rs)} seed{'s' * (len(rs) > 1)})")
         if len(rs) > 1:
             ax.fill_between(ep, lo, hi, color=line.get_color(), alpha=0.2)
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel=label, title=title)
     if key.endswith("acc"):
         ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    atomic.savefig(fig, path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # -- the verdict --------------------------------------------------------------------------------------------------

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
+from .files import has_extension
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -42,8 +45,7 @@ def set_max_image_pixels(n: int) -> None:
 
 def is_image_file(path: str | os.PathLike) -> bool:
     """True for a non-hidden file whose extension is one of :data:`IMAGE_EXTENSIONS`."""
-    name = os.path.basename(os.fspath(path))
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return has_extension(os.path.basename(os.fspath(path)), IMAGE_EXTENSIONS)
 
 
 def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
@@ -52,6 +54,19 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
     Raises DataError for a missing, empty, truncated, corrupt or non-image file and for images larger than
     ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`).
     """
+    with open_lazily(path, max_pixels=max_pixels) as im:
+        if getattr(im, "n_frames", 1) > 1:
+            im.seek(0)
+        im.load()
+        img = ImageOps.exif_transpose(im)  # a copy, detached from the file
+    return _normalise_mode(img)
+
+
+@contextmanager
+def open_lazily(path: str | os.PathLike, *, max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """The file opened by Pillow but not decoded yet (frames of animations, ``n_frames``), after the checks of
+    :func:`open_image`: missing, empty, unidentifiable and over-``max_pixels`` files are a one-line DataError, and so
+    are decoding errors raised inside the ``with`` block."""
     path = Path(path)
     limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
     if not path.is_file():
@@ -65,10 +80,7 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
                 w, h = im.size
                 if w * h > limit:
                     raise _bomb(path, w, h, limit)
-                if getattr(im, "n_frames", 1) > 1:
-                    im.seek(0)
-                im.load()
-                img = ImageOps.exif_transpose(im)  # a copy, detached from the file
+                yield im
     except DataError:
         raise
     except Image.DecompressionBombError as e:
@@ -77,7 +89,16 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
         raise DataError(f"{path} is not an image Pillow can read: {_HINT}") from e
     except Exception as e:  # truncated or corrupt data: Pillow raises OSError, SyntaxError, ValueError, EOFError...
         raise DataError(f"image {path} is unreadable ({type(e).__name__}: {e}): {_HINT}") from e
-    return _normalise_mode(img)
+
+
+def to_pil(im: "str | os.PathLike | Image.Image | np.ndarray") -> Image.Image:
+    """A path (through :func:`open_image`), PIL image or uint8 H x W (x C) array -> PIL image."""
+    if isinstance(im, Image.Image):
+        return im
+    if isinstance(im, (str, os.PathLike)):
+        return open_image(im)
+    arr = np.asarray(im)
+    return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
 
 
 def _bomb(path: Path, w: int, h: int, limit: int) -> DataError:

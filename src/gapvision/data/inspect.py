@@ -131,13 +131,11 @@ def _duplicate_problems(split: str, hashes: list[tuple[str, str]], first_seen: d
 def write_sample_grid(imgs: ImageSet, out_png: str | os.PathLike, per_class: int = GRID_PER_CLASS,
                       max_classes: int = GRID_MAX_CLASSES) -> Path:
     """A PNG with up to ``per_class`` readable samples (columns) for each class (rows)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ..plots import new_figure
 
     classes = list(imgs.classes)[:max_classes]
     rows = max(1, len(classes))
-    fig = Figure(figsize=(1.3 * per_class + 1.2, 1.3 * rows + 0.3))
-    FigureCanvasAgg(fig)
+    fig = new_figure(figsize=(1.3 * per_class + 1.2, 1.3 * rows + 0.3))
     axes = fig.subplots(rows, per_class, squeeze=False)
     for r, cls in enumerate(classes):
         shown = 0

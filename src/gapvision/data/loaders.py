@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -33,12 +33,15 @@ class TransformedDataset(Dataset):
         self.images = images
         self.transform = transform
         self.seed: int | None = None  # set per epoch: image i's augmentation is then a function of (seed, i) alone
+        self.params: dict[str, torch.Tensor] | None = None  # a batch augmentation's draw of the epoch (per image)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img, label = self.images.load(i), int(self.images.labels[i])
+        if self.params is not None:  # a batch augmentation, image by image: the in-memory path's pixels exactly
+            return self.transform(img, {k: v[i: i + 1] for k, v in self.params.items()}), label
         if self.seed is None:
             return self.transform(img), label
         # Seed the (global) generator the transforms draw from, and restore it: the augmentation of an image does not
@@ -61,7 +64,9 @@ def default_workers(images: ImageSet, requested: int = -1) -> int:
 
 
 class StreamingBatches:
-    """A DataLoader over an ImageSet, reseeded every epoch (``sampler_factory`` is the DDP hook)."""
+    """A DataLoader over an ImageSet, reseeded every epoch (``sampler_factory`` is the DDP hook). With ``augment`` (a
+    :class:`~gapvision.data.memory.BatchAugment`) ``transform`` takes ``(image, its parameters)`` and each epoch's
+    parameters are drawn as MemoryBatches draws them."""
 
     def __init__(
         self,
@@ -74,8 +79,10 @@ class StreamingBatches:
         workers: int = -1,
         drop_last: bool = False,
         sampler_factory: Callable[[Dataset, torch.Generator], Sampler] | None = None,
+        augment: Any = None,
     ):
         self.dataset = TransformedDataset(images, transform)
+        self.augment = augment
         self.seed = seed
         self.generator = torch.Generator()
         sampler = sampler_factory(self.dataset, self.generator) if sampler_factory else None
@@ -97,6 +104,8 @@ class StreamingBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.generator.manual_seed(epoch_seed(self.seed, epoch))
         self.dataset.seed = epoch_seed(self.seed, epoch)
+        if self.augment is not None:
+            self.dataset.params = self.augment.draw(len(self.dataset), self.seed, epoch)
         sampler = self.loader.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)

@@ -16,18 +16,18 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from ..atomic import write_with
+from ..choices import AUGMENTS, BATCH_AUGMENTS, IMAGE_AUGMENTS, IN_MEMORY_MODES
 from ..errors import ConfigError
 from .imageset import ImageSet
 from .loaders import epoch_seed
 from .transforms import Preprocess, normalize, to_uint8
 
-IN_MEMORY_MODES = ("auto", "on", "off")
 RAM_FRACTION = 0.25  # auto: a split is kept in memory when its decoded size is at most this share of free memory
 CACHE_MIN_IMAGES = 1024  # smaller file sets decode in about a second: not worth a cache entry
 CACHE_FORMAT = "1"
@@ -199,6 +199,11 @@ class BatchAugment:
         out = data[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # B x S x S x C
         return out.permute(0, 3, 1, 2)
 
+    def apply(self, data: torch.Tensor, idx: torch.Tensor, params: dict[str, torch.Tensor], scale: torch.Tensor,
+              shift: torch.Tensor) -> torch.Tensor:
+        """Images ``idx`` of ``data`` augmented and normalised (``x * scale + shift``): what both data paths serve."""
+        return self.erase(self.gather(data, idx, params).float().mul_(scale).add_(shift), params)
+
     def erase(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cutout on a normalised batch (the square becomes 0, the mean)."""
         if not self.cutout:
@@ -221,15 +226,39 @@ def _reflect(q: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def batch_augment(level: str, img_size: int) -> BatchAugment | None:
-    """The batch counterpart of ``--augment``: none; basic = alternating flip + translate by S/16 (2 px at 32 px);
-    strong = alternating flip + translate by S/8 + cutout of S/4."""
+    """``--augment`` as tensor ops, the same on both data paths: none; basic = alternating flip + translate by S/16
+    (2 px at 32 px); strong = alternating flip + translate by S/8 + cutout of S/4. The per-image torchvision levels
+    (jitter, trivial) have no batch form."""
     if level == "none":
         return None
     if level == "basic":
         return BatchAugment("alternate", translate=max(1, img_size // 16))
     if level == "strong":
         return BatchAugment("alternate", translate=max(1, img_size // 8), cutout=max(1, img_size // 4))
-    raise ConfigError(f"unknown --augment {level!r}: choose none, basic, strong")
+    if level in IMAGE_AUGMENTS:
+        raise ConfigError(f"--augment {level} runs torchvision's ops per image, on the streaming path: use "
+                          f"--in-memory auto or off with it, or --augment {' or '.join(BATCH_AUGMENTS)} in memory")
+    raise ConfigError(f"unknown --augment {level!r}: choose {', '.join(AUGMENTS)}")
+
+
+def scale_shift(pre: Preprocess, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``normalize`` as one multiply-add on 0-255 values: ``x * scale + shift`` (1 x C x 1 x 1 each)."""
+    mean = torch.tensor(pre.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
+
+
+class AugmentedImage:
+    """A BatchAugment for the streaming path: ``(PIL image, its rows of BatchAugment.draw)`` -> the normalised tensor
+    MemoryBatches gives that image in that epoch (the same pixels). Picklable for DataLoader workers."""
+
+    def __init__(self, pre: Preprocess, augment: BatchAugment):
+        self.pre, self.augment = pre, augment
+        self.scale, self.shift = scale_shift(pre)
+
+    def __call__(self, img: Any, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = to_uint8(img, self.pre)[None]
+        return self.augment.apply(t, torch.zeros(1, dtype=torch.int64), params, self.scale, self.shift)[0]
 
 
 # -- the batch source ------------------------------------------------------------------------------------------------
@@ -270,9 +299,7 @@ class MemoryBatches:
         self.augment = augment
         self.generator = torch.Generator()
         self.sampler = sampler_factory(_Sized(len(data)), self.generator) if sampler_factory else None
-        mean = torch.tensor(pre.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(pre.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std  # normalise in one multiply-add
+        self._scale, self._shift = scale_shift(pre, self.device)
 
     @classmethod
     def from_images(cls, images: ImageSet, pre: Preprocess, batch_size: int, *, workers: int = -1,
@@ -311,6 +338,5 @@ class MemoryBatches:
         if self.augment is None:
             x = normalize(self.data[idx], self.pre)
         else:
-            x = self.augment.gather(self.data, idx, params).float().mul_(self._scale).add_(self._shift)
-            x = self.augment.erase(x, params)
+            x = self.augment.apply(self.data, idx, params, self._scale, self._shift)
         return x, self.labels[idx]

@@ -32,6 +32,7 @@ from PIL import Image
 
 from ..errors import ConfigError, DataError
 from . import builtin
+from .files import is_hidden, walk
 from .images import IMAGE_EXTENSIONS, is_grayscale, is_image_file, open_image
 from .imageset import DataSplits, ImageSet
 from .transforms import Preprocess, mean_std, preset_stats, to_uint8
@@ -472,21 +473,13 @@ def _derived_seed(seed: int, k: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- folders
-def _visible(name: str) -> bool:
-    return not name.startswith(".") and name != "__MACOSX"
-
-
 def _subdirs(path: Path) -> list[Path]:
-    return sorted((p for p in path.iterdir() if p.is_dir() and _visible(p.name)), key=lambda p: p.name)
+    return sorted((p for p in path.iterdir() if p.is_dir() and not is_hidden(p.name)), key=lambda p: p.name)
 
 
 def _images_under(path: Path) -> list[str]:
-    """Image files under ``path`` (recursively, hidden files and folders skipped), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        found.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
-    return sorted(found)
+    """Image files under ``path`` by the one walker's rules (data/files.py)."""
+    return walk(path, IMAGE_EXTENSIONS)
 
 
 def _class_folders(path: Path, opts: LoadOptions, notes: list[str]) -> tuple[list[str], list[str]]:

@@ -15,9 +15,9 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..choices import AUGMENTS, IMAGE_AUGMENTS, NORMALIZE_MODES  # noqa: F401 - NORMALIZE_MODES: presets + auto
 from ..errors import ConfigError
 
-AUGMENTS = ("none", "basic", "strong")
 NORMALIZE_PRESETS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), False),
@@ -105,15 +105,19 @@ def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
 
 
 def augmentation(level: str, img_size: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """Per-image augmentation on uint8 tensors (train split only). None for ``none``."""
+    """torchvision's per-image augmentation on uint8 tensors (train split, streaming path): ``jitter`` = flip, small
+    rotation, colour jitter; ``trivial`` = random-resized crop, flip, affine, TrivialAugment. None for ``none``; the
+    batch augmentations (basic, strong) are :func:`gapvision.data.memory.batch_augment`."""
     if level not in AUGMENTS:
         raise ConfigError(f"unknown --augment {level!r}: choose {', '.join(AUGMENTS)}")
     if level == "none":
         return None
+    if level not in IMAGE_AUGMENTS:
+        raise ConfigError(f"--augment {level} is a batch augmentation: build it with data.memory.batch_augment")
     ops: list = [v2.RandomHorizontalFlip(), v2.RandomRotation(10)]
     # ColorJitter() with no arguments does nothing; these values actually jitter.
     jitter = v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05)
-    if level == "strong":
+    if level == "trivial":
         ops = [
             v2.RandomResizedCrop(img_size, scale=(0.6, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
@@ -151,7 +155,7 @@ def eval_transform(pre: Preprocess) -> ImageTransform:
     return ImageTransform(pre, "none")
 
 
-def train_transform(pre: Preprocess, augment: str = "basic") -> ImageTransform:
+def train_transform(pre: Preprocess, augment: str = "jitter") -> ImageTransform:
     return ImageTransform(pre, augment)
 
 

@@ -36,7 +36,6 @@ from ..errors import ConfigError, GapvisionError
 from ..runs import Run, load_run, to_pil
 from .boxes import Detection, Threshold, component_boxes, nms_per_class, rank_classes, region_boxes
 from .cam import background_reference, class_maps, grad_cam, normalize_maps, upsample
-from .fcn import to_fcn
 from .video import is_video, read_frames
 
 METHODS = ("fcn", "cam", "gradcam")
@@ -131,10 +130,10 @@ class Localizer:
         self.nms_iou, self.scale, self.max_side, self.layer, self.min_area = nms_iou, scale, max_side, layer, min_area
         self.classes = list(run.classes)
         self.pre = run.preprocess
-        net = run.model
-        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.fcn = None if method == "gradcam" else to_fcn(net).to(self.device)
-        self.net = net.to(self.device).eval() if method == "gradcam" else None
+        predictor = run.use_device(device)  # the run's one model placement (devices.choose_device)
+        self.device = predictor.device
+        self.fcn = None if method == "gradcam" else predictor.fcn
+        self.net = predictor.net if method == "gradcam" else None
         self.reference = None
         if method == "fcn" and background == "blank" and not multilabel:
             self.reference = background_reference(self.fcn, self.pre.channels, self.pre.img_size)  # type: ignore[arg-type]
@@ -289,21 +288,12 @@ def _stride(stride: float, sx: float) -> float | int:
 
 # -- files in, files out ------------------------------------------------------------------------------------------
 def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    """Files and folders (recursively: images and videos) -> a sorted list of files."""
+    """Files and folders (recursively: images and videos, by the rules of data/files.py) -> a list of files."""
+    from ..data import files
     from ..data.images import IMAGE_EXTENSIONS
     from .video import VIDEO_EXTENSIONS
 
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = [f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                     and f.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS]
-            out.extend(sorted(found))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise GapvisionError(f"{p}: no such file or folder")
-    return out
+    return files.expand_inputs(paths, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
 
 
 class OutputWriter:

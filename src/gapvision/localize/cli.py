@@ -1,16 +1,16 @@
-"""``gapvision localize``: the sub-command (registered into gapvision.cli on import)."""
+"""``gapvision localize``: the sub-command (listed in ``gapvision.cli.COMMAND_MODULES``)."""
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Any
 
-from .. import cli
+from ..options import add_pretrained_args
 from ..errors import GapvisionError
 
 
 def register(sub: Any) -> None:
-    """Add the ``localize`` sub-parser to ``sub`` (the CLI's sub-parsers) and its handler to ``cli.COMMANDS``."""
+    """Add the ``localize`` sub-parser to ``sub`` (the CLI's sub-parsers) with its handler."""
     p = sub.add_parser(
         "localize", help="where is each class: class maps, boxes and heat-map grids for images, folders and videos",
         description="Per image: <stem>.json (classes and boxes in image pixels), <stem>_boxes.png and "
@@ -48,8 +48,8 @@ def register(sub: Any) -> None:
     p.add_argument("--output", metavar="FILE.jsonl", help="write the --json records of still images to FILE in input "
                    "order (no pictures); under torchrun the processes share the images; a rerun skips those done")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
-    cli.add_pretrained_args(p)
-    cli.COMMANDS["localize"] = cmd_localize
+    add_pretrained_args(p)
+    p.set_defaults(handler=cmd_localize)
 
 
 def cmd_localize(a: argparse.Namespace) -> None:
@@ -106,5 +106,3 @@ def _line(d: dict) -> str:
                       for x in d["detections"])
     return f"{name}  {boxes or '(nothing above the threshold)'}"
 
-
-cli.EXTENSIONS.append(register)

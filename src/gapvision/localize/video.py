@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 from PIL import Image, ImageSequence
 
+from ..data.images import open_lazily
 from ..errors import DataError, GapvisionError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".ogv"})
@@ -22,9 +23,9 @@ def is_video(path: str | Path) -> bool:
         return True
     if suffix in ANIMATED_EXTENSIONS and p.is_file():
         try:
-            with Image.open(p) as im:
+            with open_lazily(p) as im:
                 return int(getattr(im, "n_frames", 1)) > 1
-        except Exception:  # noqa: BLE001 - unreadable files are reported by the image decoder later
+        except DataError:  # unreadable or too large: reported by the image decoder later
             return False
     return False
 
@@ -41,7 +42,7 @@ def read_frames(path: str | Path, every: int = 1) -> Iterator[tuple[int, Image.I
 
 
 def _animated_frames(path: Path, every: int) -> Iterator[tuple[int, Image.Image, float | None]]:
-    with Image.open(path) as im:
+    with open_lazily(path) as im:  # the decompression-bomb limit of data/images.py applies to frames too
         for n, frame in enumerate(ImageSequence.Iterator(im)):
             if n % every == 0:
                 ms = frame.info.get("duration") or im.info.get("duration")

@@ -7,11 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..choices import FREEZE
 from ..errors import ConfigError
 from .backbones import Backbone, create_backbone
 from .heads import Head, create_head
-
-FREEZE = ("none", "backbone", "bn")
 
 
 @dataclass

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 
 from ..errors import ConfigError, GapvisionError
+from ..runformat import WEIGHTS as RUN_WEIGHTS, read_config
 from .heads import head_linear
 
 if TYPE_CHECKING:
     from .classifier import Classifier
 
-RUN_WEIGHTS = "model.safetensors"
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 TORCHVISION_PREFIX = "torchvision:"
@@ -82,9 +82,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if not (p / RUN_WEIGHTS).is_file():
             raise ConfigError(f"{p} is a directory without {RUN_WEIGHTS}: pass a gapvision run directory or a file")
         if (p / "config.json").is_file():
-            from ..runs import load_run
-
-            load_run(p)  # refuses a run written in a newer format, or a damaged config.json
+            read_config(p)  # refuses a run written in a newer format, or a damaged config.json
         p = p / RUN_WEIGHTS
     if not p.is_file():
         raise ConfigError(f"weights file {p} not found")

@@ -144,7 +144,7 @@ class Service:
         self.lock = threading.Lock()
         self._localizer: Any = None
         self._localize_error: str | None = None
-        run.model  # noqa: B018 - load the weights now, so that a broken run fails at start, not on the first request
+        run.predictor  # noqa: B018 - load the weights now, so that a broken run fails at start, not on the first request
 
     def decode(self, data: bytes, filename: str) -> Image.Image:
         """Upload bytes -> PIL image through the project's decoder; HTTP-style errors as (status, message)."""

@@ -11,6 +11,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "cosine", "onecycle", "step")
 RECIPES = ("auto", *NAMED_RECIPES, "none")  # --recipe: auto, a named recipe of recipes.py, or none
 TTA_MODES = ("off", "flip")
+CACHE_FEATURES = ("auto", "off")
 
 
 @dataclass
@@ -18,7 +19,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adamw"
-    lr: float = 1e-3
+    lr: float | str = 1e-3  # a number, "LOW:HIGH" (backbone:head) or "auto" (see parse_lr)
     weight_decay: float = 5e-4
     momentum: float = 0.9  # sgd (Nesterov) and rmsprop
     label_smoothing: float = 0.0
@@ -62,7 +63,7 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
         if self.freeze_epochs < 0:
             raise ConfigError(f"--freeze-epochs must be >= 0 (got {self.freeze_epochs})")
-        if self.cache_features not in ("auto", "off"):
+        if self.cache_features not in CACHE_FEATURES:
             raise ConfigError(f"--cache-features must be auto or off (got {self.cache_features!r})")
         if self.recipe not in RECIPES:
             raise ConfigError(f"unknown --recipe {self.recipe!r}: choose {', '.join(RECIPES)}")

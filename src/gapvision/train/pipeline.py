@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,11 +16,14 @@ from torch import nn
 from .. import __version__, distributed
 from ..data.imageset import DataSplits, ImageSet
 from ..data.loaders import Batches, StreamingBatches
-from ..data.memory import MemoryBatches, available_memory, batch_augment, use_in_memory
+from ..choices import IMAGE_AUGMENTS
+from ..data.memory import AugmentedImage, MemoryBatches, available_memory, batch_augment, use_in_memory
 from ..data.transforms import Preprocess, eval_transform, train_transform
 from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.classifier import Classifier, ModelConfig, create_model
+from ..options import GROUPS, DataOptions, ModelOptions
 from ..plots import plot_confusion, plot_curves
+from ..predictor import Predictor, inference_options
 from ..runs import FORMAT_VERSION, Run, RunWriter, default_run_dir, load_checkpoint, load_run, load_run_weights
 from . import metrics as M
 from .config import TrainConfig
@@ -28,51 +31,9 @@ from .recipes import apply_recipe, choose_recipe
 from .trainer import Trainer, TrainingDiverged, resolve_device, seed_everything, set_deterministic
 
 
-@dataclass
-class DataOptions:
-    """Where the images come from and how they are prepared (stored in config.json as ``data``)."""
-
-    data: Any = "builtin:shapes"
-    val_split: float = 0.2
-    image_root: str | None = None
-    image_col: str | None = None
-    label_col: str | None = None
-    root: str | None = None
-    download: bool = False
-    skip_bad: bool = False
-    allow_outside_root: bool = False
-    channels: Any = "auto"
-    img_size: int | None = None
-    normalize: str = "auto"
-    augment: str = "basic"
-    in_memory: str = "auto"  # auto | on | off: decode every image once into memory, augment whole batches (memory.py)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        if not isinstance(d["data"], (str, Path)):
-            d["data"] = "<arrays>"  # in-memory data from the Python API: pass it again to resume
-        return d
-
-    def load_kwargs(self) -> dict:
-        keys = ("val_split", "image_root", "image_col", "label_col", "root", "download", "skip_bad", "allow_outside_root")
-        return {k: getattr(self, k) for k in keys}
-
-
-@dataclass
-class ModelOptions:
-    """How the network is built; ``weights``/``freeze`` matter only when training starts."""
-
-    model: str = "gapcnn"
-    head: str = "gap"
-    dropout: float = 0.0
-    hidden: int = 256
-    weights: str | None = None
-    freeze: str = "none"
-
-
 def split_options(options: dict[str, Any]) -> tuple[DataOptions, ModelOptions, TrainConfig]:
     """Sort keyword options into data, model and training groups; an unknown name is a clear error."""
-    groups = (DataOptions, ModelOptions, TrainConfig)
+    groups = GROUPS
     names = [{f.name for f in fields(g)} for g in groups]
     unknown = set(options) - set().union(*names)
     if unknown:
@@ -119,11 +80,18 @@ def make_batches(
     ``sampler_factory`` (DDP: this rank's share, see distributed.py) picks the images; then ``batch_size`` is per rank.
     ``in_memory`` (auto/on/off) chooses the in-memory path (decoded once, resident on ``device``, batch augmentation).
     """
-    if use_in_memory(in_memory, len(images), pre, device or "cpu"):
+    per_image = train and augment in IMAGE_AUGMENTS  # torchvision's per-image ops: the streaming path only
+    if per_image and in_memory == "on":
+        batch_augment(augment, pre.img_size)  # the one-line error that says what to use instead
+    if not per_image and use_in_memory(in_memory, len(images), pre, device or "cpu"):
         return MemoryBatches.from_images(images, pre, batch_size, workers=workers, log=log, shuffle=train, seed=seed,
                                          augment=batch_augment(augment, pre.img_size) if train else None,
                                          device=device, sampler_factory=sampler_factory)
-    tf = train_transform(pre, augment) if train else eval_transform(pre)
+    batch_aug = batch_augment(augment, pre.img_size) if train and not per_image else None
+    if batch_aug is not None:  # the same pixels as the in-memory path, image by image
+        return StreamingBatches(images, AugmentedImage(pre, batch_aug), batch_size, shuffle=True, seed=seed,
+                                workers=workers, sampler_factory=sampler_factory, augment=batch_aug)
+    tf = train_transform(pre, augment) if per_image else eval_transform(pre)
     return StreamingBatches(images, tf, batch_size, shuffle=train, seed=seed, workers=workers,
                             sampler_factory=sampler_factory)
 
@@ -374,10 +342,11 @@ def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainCon
         return {}
     load_run_weights(trainer.net, writer.path / "model.safetensors")
     classes = list(splits.classes)
-    bs = tcfg.batch_size
+    predictor = Predictor(trainer.net, pre, classes, device=trainer.device, **inference_options(tcfg.to_dict()))
+    bs = predictor.batch_size
     mem = _memory_options(config.get("data", {}).get("in_memory", "off"), tcfg) | {"log": None}
-    val = trainer.evaluate(feed.val if feed is not None else make_batches(splits.val, pre, bs, workers=tcfg.workers,
-                                                                          **mem))
+    val = predictor.evaluate(feed.val if feed is not None else make_batches(splits.val, pre, bs,
+                                                                            workers=tcfg.workers, **mem))
     last = st.history[-1]
     metrics: dict[str, Any] = {
         "status": status,
@@ -398,7 +367,7 @@ def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainCon
     metrics["per_class"] = metrics["val"]["per_class"]
     if splits.test is not None and len(splits.test):
         test_b = feed.test if feed is not None and feed.test is not None else None
-        test = trainer.evaluate(test_b or make_batches(splits.test, pre, bs, workers=tcfg.workers, **mem))
+        test = predictor.evaluate(test_b or make_batches(splits.test, pre, bs, workers=tcfg.workers, **mem))
         metrics["test"] = M.summarize(test.targets, test.preds, classes, test.loss)
         metrics["test_acc"] = metrics["test"]["acc"]
     writer.json("metrics.json", metrics)
@@ -410,10 +379,12 @@ def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainCon
 
 
 def evaluate(run: Run | str | Path, data: Any, *, split: str | None = None, out: str | Path | None = None,
-             batch_size: int = 64, **load_opts: Any) -> dict:
+             batch_size: int | None = None, **load_opts: Any) -> dict:
     """Metrics and a confusion matrix of a trained run on another dataset or split; written to ``out``.
 
     A folder of class folders or a manifest is evaluated whole; a source with splits uses ``split`` (default test).
+    The run's Predictor does the work (its TTA, AMP and batch size, unless ``batch_size`` is given), so the figures
+    equal those training wrote to metrics.json for the same images.
     """
     from ..data.sources import load_images
 
@@ -421,8 +392,8 @@ def evaluate(run: Run | str | Path, data: Any, *, split: str | None = None, out:
     images = load_images(data, split=split or "test", classes=run.classes, **load_opts)
     if not images.meta.get("labeled", True):
         raise GapvisionError(f"{data} has no labels to evaluate against: use class folders or a manifest with labels")
-    trainer = Trainer(run.model, TrainConfig(quiet=True))
-    res = trainer.evaluate(make_batches(images, run.preprocess, batch_size))
+    predictor = run.predictor
+    res = predictor.evaluate(make_batches(images, run.preprocess, batch_size or predictor.batch_size))
     result = {"data": str(data), "split": split or "all", **M.summarize(res.targets, res.preds, run.classes, res.loss)}
     if out is None and run.path is not None:
         out = run.path / "evaluations" / _slug(f"{data}-{split or 'all'}")

@@ -157,8 +157,10 @@ def native_bf16(device: str = "auto") -> bool:
     """Whether bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX (oneDNN)."""
     import torch  # here, so that config.py can read the recipe names without importing torch
 
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    from ..devices import uses_cuda
+
+    if uses_cuda(device):
+        return torch.cuda.is_bf16_supported()
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

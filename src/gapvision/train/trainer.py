@@ -20,8 +20,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.loaders import Batches, epoch_seed
+from ..devices import choose_device, resolve_precision
 from ..errors import GapvisionError
 from ..models.classifier import apply_freeze_mode, set_freeze
+from ..predictor import EvalResult, Predictor  # noqa: F401 - EvalResult: what evaluate returns
 from ..runs import RunWriter
 from .config import TrainConfig
 from .optim import FULL_PHASE, HEAD_PHASE, build_optimizer, lr_factor, phase_of, set_lr
@@ -49,22 +51,7 @@ class TrainState:
     warnings: list[str] = field(default_factory=list)  # said once each, kept in metrics.json
 
 
-@dataclass
-class EvalResult:
-    loss: float
-    acc: float
-    targets: np.ndarray
-    preds: np.ndarray
-    probs: np.ndarray | None = None
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GapvisionError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-    return dev
+resolve_device = choose_device  # the one device choice (devices.py), under the name training code knows
 
 
 def seed_everything(seed: int) -> None:
@@ -115,11 +102,10 @@ class Trainer:
         log: Callable[[str], None] = print,
     ):
         self.cfg = cfg
-        self.device = device or resolve_device(cfg.device)
-        cuda = self.device.type == "cuda"
-        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and cuda)
-        self.amp_dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
-        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
+        self.device = device or choose_device(cfg.device)
+        self.precision = resolve_precision(self.device, cfg.amp, cfg.channels_last)
+        self.amp, self.amp_dtype, self.channels_last = (self.precision.amp, self.precision.dtype,
+                                                        self.precision.channels_last)
         self.net = net.to(self.device)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -147,15 +133,10 @@ class Trainer:
 
     # -- batches ---------------------------------------------------------------------------------------------
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
+        return self.precision.place(x, self.device), y.to(self.device, non_blocking=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.precision.autocast()
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
         return self.reduce(t) if self.reduce is not None else t
@@ -203,30 +184,16 @@ class Trainer:
         return loss_sum / max(count, 1), correct / max(count, 1)
 
     def evaluate(self, batches: Batches, keep_probs: bool = False, net: nn.Module | None = None) -> EvalResult:
-        """Loss, accuracy and predictions of ``net`` (default: the trained one) over ``batches`` (eval mode; with
-        ``tta=flip`` the logits are averaged with those of the mirrored images)."""
-        net = self.net if net is None else net
-        net.eval()
-        loss_sum, targets, preds, probs = 0.0, [], [], []
-        with torch.inference_mode():
-            for x, y in batches.epoch(0):
-                x, y = self._to_device(x, y)
-                with self._autocast():
-                    logits = net(x).float()
-                    if self.cfg.tta == "flip":
-                        logits = 0.5 * (logits + net(x.flip(-1)).float())
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-                targets.append(y.cpu())
-                preds.append(logits.argmax(1).cpu())
-                if keep_probs:
-                    probs.append(logits.softmax(1).cpu())
-        t = torch.cat(targets).numpy() if targets else np.zeros(0, np.int64)
-        p = torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
-        stats = self._sum(torch.tensor([loss_sum, float((t == p).sum()), float(len(t))], dtype=torch.float64,
-                                       device=self.device))
-        loss_sum, correct, count = (float(v) for v in stats)
-        return EvalResult(loss_sum / max(count, 1), correct / max(count, 1), t, p,
-                          torch.cat(probs).numpy() if probs else None)
+        """Loss, accuracy and predictions of ``net`` (default: the trained one) over ``batches``, through the same
+        :class:`~gapvision.predictor.Predictor` arithmetic as every later evaluation (TTA, AMP, channels-last)."""
+        return self.predictor(self.net if net is None else net).evaluate(batches, keep_probs=keep_probs,
+                                                                          reduce=self.reduce)
+
+    def predictor(self, net: nn.Module) -> Predictor:
+        """A Predictor of ``net`` with this run's inference settings on the training device."""
+        cfg = self.cfg
+        return Predictor(net, tta=cfg.tta, amp=cfg.amp, channels_last=cfg.channels_last, batch_size=cfg.batch_size,
+                         device=self.device)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def fit(self, train: Batches, val: Batches, until: int | None = None) -> TrainState:

@@ -1,0 +1,16 @@
+"""The allowed values of the user options that several layers check (torch-free, imports nothing).
+
+Each tuple is defined here once; the CLI's ``choices`` (options.py) and the code that validates or acts on the value
+(data/transforms.py, data/memory.py, models/classifier.py, devices.py) import it. The training options' values live
+beside TrainConfig in train/config.py (OPTIMIZERS, SCHEDULES, RECIPES, TTA_MODES).
+"""
+#: --augment: basic/strong are tensor ops that give the same pixels on the streaming and the in-memory path
+#: (data/memory.py BatchAugment); jitter/trivial are torchvision's per-image ops, run on the streaming path only
+BATCH_AUGMENTS = ("basic", "strong")
+IMAGE_AUGMENTS = ("jitter", "trivial")
+AUGMENTS = ("none", *BATCH_AUGMENTS, *IMAGE_AUGMENTS)
+NORMALIZE_MODES = ("auto", "imagenet", "half", "caffe")  # auto: statistics of the train split
+CHANNELS = ("1", "3", "auto")
+IN_MEMORY_MODES = ("auto", "on", "off")
+FREEZE = ("none", "backbone", "bn")
+SWITCHES = ("auto", "on", "off")  # --amp, --channels-last

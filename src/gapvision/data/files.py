@@ -1,0 +1,54 @@
+"""Finding files: the one folder walker behind every door (training sources, predict, localize, export's
+``--check-images``, sharded inference).
+
+The rules, everywhere:
+
+* a folder is searched recursively; symlinked folders are not entered (symlinked files are kept);
+* hidden entries are skipped: any file or folder whose name starts with ``.`` (``.DS_Store``, ``._photo.jpg``
+  resource forks, ``.git/``, ``.ipynb_checkpoints/``) and macOS archive folders named ``__MACOSX``;
+* a file is kept when its extension, compared case-insensitively, is one of the given ``extensions``;
+* the files found are sorted by their path string (``str``), so the order is the same on every machine;
+* a path given explicitly (not found by walking) is kept as given, whatever its name, and a path that does not
+  exist is a one-line error.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Collection, Iterable
+
+from ..errors import GapvisionError
+
+HIDDEN_FOLDERS = frozenset({"__MACOSX"})
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is skipped when walking (see the module docstring)."""
+    return name.startswith(".") or name in HIDDEN_FOLDERS
+
+
+def has_extension(name: str, extensions: Collection[str]) -> bool:
+    """A visible name whose (lower-cased) extension is in ``extensions``."""
+    return not is_hidden(name) and os.path.splitext(name)[1].lower() in extensions
+
+
+def walk(root: str | os.PathLike, extensions: Collection[str]) -> list[str]:
+    """Files under ``root`` with one of ``extensions``, by the rules of the module docstring."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
+        found.extend(os.path.join(dirpath, f) for f in filenames if has_extension(f, extensions))
+    return sorted(found)
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike], extensions: Collection[str]) -> list[Path]:
+    """Command-line inputs -> files: each folder walked (:func:`walk`), each file kept as given, in the order given."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(Path(f) for f in walk(p, extensions))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise GapvisionError(f"{p}: no such file or folder")
+    return out
