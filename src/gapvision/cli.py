@@ -52,8 +52,8 @@ def add_preprocess_args(p: argparse.ArgumentParser) -> None:
 
 def add_model_args(p: argparse.ArgumentParser, head: bool = True) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="backbone name (gapcnn, cifarcnn, resnet20, resnet18, mobilenet_v2...; "
-                   "see `gapvision summary --list`)")
+    g.add_argument("--model", help="backbone name (gapcnn, cifarcnn, resnet20, resnet18, mobilenet_v2..., or "
+                   "timm:NAME; see `gapvision summary --list` and `--list timm`)")
     if head:
         g.add_argument("--head", help="gap, gmp, avgmax, catavgmax, fc or conv (default gap)")
     g.add_argument("--dropout", type=float, help="dropout before the classifier")
@@ -178,7 +178,12 @@ def cmd_summary(a: argparse.Namespace) -> None:
     from .models.summary import summarize
 
     if a.list:
-        print("\n".join(list_backbones()))
+        if a.list.lower().startswith("timm"):  # timm or timm:PATTERN (fnmatch, e.g. 'timm:*resnet*')
+            from .models.timm_backbone import list_timm
+
+            print("\n".join(list_timm(a.list.partition(":")[2] or "*")))
+        else:
+            print("\n".join(list_backbones()))
         return
     channels = int(a.channels or 3)
     net = create_model(a.model or "gapcnn", a.head or "gap", a.num_classes, in_channels=channels,
@@ -236,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--channels", choices=["1", "3"])
     s.add_argument("--dropout", type=float)
     s.add_argument("--hidden", type=int)
-    s.add_argument("--list", action="store_true", help="list the available backbones")
+    s.add_argument("--list", nargs="?", const="builtin", metavar="timm[:PATTERN]",
+                   help="list the built-in backbones; --list timm: every timm model (--model timm:NAME), "
+                   "--list 'timm:*resnet*' those matching")
 
     d = sub.add_parser("demo", help="train a GAP model on built-in shapes (offline, about a minute)")
     d.add_argument("--out", help="run directory")

@@ -28,6 +28,7 @@ from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.classifier import Classifier, create_model
 from ..models.heads import HEADS
 from ..runs import Run, default_run_dir, load_checkpoint, load_run
+from ..models.timm_backbone import pretrained_preprocess
 from ..train.pipeline import DataOptions, FeedFn, ModelOptions, prepare_data, resume, split_options, train
 from ..train.trainer import TrainingDiverged, seed_everything
 from .features import FeatureStore, cache_blocker, map_bytes
@@ -108,6 +109,7 @@ def compare(
         if not todo:
             continue
         splits, pre = load_seed_data(dopts, seed, max_images, say)
+        pre = pretrained_preprocess(pre, model, options)  # timm: the pretrained config's size/mean/std if unset
         net = initial_model(mopts, splits, pre, seed, verbose=not tcfg.quiet and not info)
         feed, info = choose_path(features, net, splits, pre, dopts, tcfg, store, cache_limit)
         if feed is not None:

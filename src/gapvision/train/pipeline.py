@@ -20,6 +20,7 @@ from ..data.memory import MemoryBatches, batch_augment, use_in_memory
 from ..data.transforms import Preprocess, eval_transform, train_transform
 from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.classifier import Classifier, ModelConfig, create_model
+from ..models.timm_backbone import pretrained_preprocess
 from ..plots import plot_confusion, plot_curves
 from ..runs import FORMAT_VERSION, Run, RunWriter, default_run_dir, load_checkpoint, load_run, load_run_weights
 from . import metrics as M
@@ -168,6 +169,8 @@ def train(data: Any = "builtin:shapes", model: str | None = None, head: str | No
     seed_everything(tcfg.seed)
     set_deterministic(tcfg.deterministic)
     splits, pre = prepare_data(dopts, tcfg.seed, preprocess, splits)
+    if preprocess is None:  # timm backbones: their pretrained config's size/mean/std where the user set none
+        pre = pretrained_preprocess(pre, model, options)
     options, recipe = apply_recipe({"model": model, "head": head, **options}, img_size=pre.img_size,
                                    n_train=len(splits.train))
     dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
