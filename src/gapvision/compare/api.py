@@ -56,6 +56,11 @@ class CompareResult:
     def row(self, head: str) -> dict:
         return next(r for r in self.rows if r["head"] == head)
 
+    def _repr_html_(self) -> str:  # notebooks: the head table and the overlaid curves (display.py)
+        from ..display import compare_html
+
+        return compare_html(self)
+
     @property
     def winner(self) -> str:
         """The head with the best mean best-validation accuracy."""

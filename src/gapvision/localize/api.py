@@ -33,6 +33,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from .. import atomic
+from ..display import LocalizeResults
 from ..data.transforms import Preprocess, normalize, to_uint8
 from ..errors import ConfigError, GapvisionError
 from ..runs import Run, load_run, to_pil
@@ -361,7 +362,7 @@ def localize(run_or_model: Run | str | Path | nn.Module, images: Any, out: str |
             raise GapvisionError("no images found in " + ", ".join(map(str, images if isinstance(images, (list, tuple))
                                                                          else [images])))
     writer = OutputWriter(out, render) if out is not None else None
-    results: list[dict] = []
+    results = LocalizeResults()  # a list of dicts that displays its first images with boxes in a notebook
     pending: list[tuple[int, Any]] = []
 
     def flush() -> None:
@@ -370,6 +371,7 @@ def localize(run_or_model: Run | str | Path | nn.Module, images: Any, out: str |
             if writer is not None:
                 writer.write(res, pil)
             results.append(res.to_dict())
+            results.keep(pil, res)
         pending.clear()
 
     for i, im in enumerate(items):
