@@ -22,7 +22,7 @@ DATA = "builtin:shapes?n=120&size=32"
 FAST = dict(img_size=32, batch_size=32, augment="none", quiet=True, workers=0, epochs=1, optimizer="sgd", lr=0.05)
 # tiny timm models: a ResNet, an EfficientNet (conv_head inside forward_features), a ConvNeXt (classifier head.fc
 # after a LayerNorm that forward_features never calls) and MambaOut (NHWC features, MLP head)
-SMALL = ("test_resnet", "test_efficientnet", "test_convnext", "test_mambaout")
+SMALL = ("test_resnet", "test_efficientnet", "test_convnext", "test_mambaout", "resnet10t", "mobilenetv3_small_050")
 
 
 def timm_model(name: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
@@ -68,6 +68,21 @@ def test_timm_state_dict_through_weights_gives_timms_logits(name, tmp_path):
     report = load_weights(create_model(f"timm:{name}", "gap", 3, img_size=64), str(path))
     assert "head.classifier.weight" in report.missing and "shape differs" in report.summary()
     assert not [k for k in report.missing if k.startswith("backbone.")]
+
+
+def test_a_classifier_behind_conv_head_is_kept_new(tmp_path):
+    """MobileNetV3's classifier follows conv_head (forward_head, not forward_features): both are left out."""
+    ref = timm_model("mobilenetv3_small_050", 1000)
+    torch.save(ref.state_dict(), tmp_path / "m.pth")
+    from gapvision.models.weights import load_weights
+
+    net = create_model("timm:mobilenetv3_small_050", "gap", 1000, img_size=64)
+    report = load_weights(net, str(tmp_path / "m.pth"))
+    ignored = {k for k, why in report.skipped if why == "not in the model"}
+    assert {"conv_head.weight", "classifier.weight"} <= ignored
+    assert [k for k in report.missing] == ["head.classifier.weight", "head.classifier.bias"]
+    torch.testing.assert_close(net.backbone.state_dict()["blocks.0.0.conv_dw.weight"],
+                               ref.state_dict()["blocks.0.0.conv_dw.weight"])
 
 
 def test_weights_into_a_grayscale_model_sum_the_first_conv(tmp_path):
@@ -175,7 +190,8 @@ def test_predict_with_a_pretrained_timm_checkpoint(tmp_path, write_image):
     with torch.no_grad():
         expected = ref(x).softmax(1)[0]
     top = run.predict([img], topk=1)[0]["top"][0]
-    assert top["label"] == "abc"[int(expected.argmax())] and top["prob"] == pytest.approx(float(expected.max()), abs=1e-4)
+    assert top["label"] == "abc"[int(expected.argmax())]
+    assert top["prob"] == pytest.approx(float(expected.max()), abs=1e-4)
 
 
 def test_unknown_and_token_models_are_clear_errors():

@@ -153,7 +153,9 @@ def splits_html(splits: "DataSplits", per_class: int = 6) -> str:
     """Images per class and split, and a grid of training samples (one row per class)."""
     from .data.inspect import write_sample_grid
 
-    parts = [("train", splits.train), ("val", splits.val)] + ([("test", splits.test)] if splits.test is not None else [])
+    parts = [("train", splits.train), ("val", splits.val)]
+    if splits.test is not None:
+        parts.append(("test", splits.test))
     counts = {name: s.class_counts() for name, s in parts}
     rows = [[c] + [counts[name].get(c, 0) for name, _ in parts] for c in splits.classes]
     rows.append(["total"] + [len(s) for _, s in parts])

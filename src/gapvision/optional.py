@@ -10,9 +10,6 @@ from .errors import GapvisionError
 OPTIONAL: dict[str, tuple[str, str]] = {
     "timm": ("timm", "timm"),
     "pytorch_grad_cam": ("grad-cam", "cam"),
-    "nbclient": ("nbclient", "notebook"),
-    "nbformat": ("nbformat", "notebook"),
-    "ipykernel": ("ipykernel", "notebook"),
 }
 
 

@@ -87,7 +87,8 @@ def timm_backbone(model_name: str, in_channels: int = 3) -> TimmBackbone:
         if "Unknown model" not in str(e):
             raise
         close = difflib.get_close_matches(model_name, timm.list_models(), n=4, cutoff=0.6)
-        hint = f"did you mean {', '.join('timm:' + c for c in close)}?" if close else "see gapvision summary --list timm"
+        hint = (f"did you mean {', '.join('timm:' + c for c in close)}?" if close
+                else "see gapvision summary --list timm")
         raise ConfigError(f"unknown timm model {model_name!r}: {hint}") from None
     if not hasattr(model, "forward_features") or not hasattr(model, "reset_classifier"):
         raise ConfigError(f"timm model {model_name!r} has no forward_features/reset_classifier: it cannot take a head")
