@@ -194,12 +194,25 @@ def test_predict_with_a_pretrained_timm_checkpoint(tmp_path, write_image):
     assert top["prob"] == pytest.approx(float(expected.max()), abs=1e-4)
 
 
-def test_unknown_and_token_models_are_clear_errors():
+def test_unknown_models_name_close_matches():
     with pytest.raises(ConfigError, match="timm:resnet10t"):
         create_backbone("timm:resnet10x")
-    net = create_backbone("timm:test_vit")
-    with pytest.raises((ConfigError, RuntimeError), match="tokens|match"):
-        net(torch.zeros(1, 3, 160, 160))
+
+
+def test_vit_tokens_become_a_patch_grid_at_any_size():
+    """test_vit: 1 class token + 16 x 16 px patches; the patch tokens laid out h x w, the class token dropped."""
+    torch.manual_seed(0)
+    net = create_model("timm:test_vit", "gap", 3, img_size=64).eval()
+    vit = net.backbone.timm_model
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        tokens = vit.forward_features(x)
+        fmap = net.backbone(x)
+    assert tokens.shape == (2, 1 + 4 * 6, 64) and fmap.shape == (2, 64, 4, 6) and net.backbone.stride == 16
+    torch.testing.assert_close(fmap[:, :, 1, 2], tokens[:, 1 + 1 * 6 + 2])
+    fcn = to_fcn(net)
+    with torch.no_grad():
+        torch.testing.assert_close(fcn(x).mean(dim=(2, 3)), net(x), atol=1e-5, rtol=1e-4)
 
 
 def test_missing_timm_names_the_extra(monkeypatch, capsys):

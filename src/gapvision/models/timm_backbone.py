@@ -1,5 +1,8 @@
 """timm backbones: ``timm:NAME`` for any timm model whose ``forward_features`` gives a feature map.
 
+Token models (ViT, DeiT, EVA...) are created with ``dynamic_img_size=True`` where they accept it, and their patch
+tokens are laid out on the patch grid (class/register tokens dropped), so they too give N x C x h x w.
+
 The model is created offline (``pretrained=False``), its classifier is removed (``reset_classifier(0, '')``) and our
 head sits on ``forward_features``. The backbone registers the timm model's own children, so its state-dict keys are
 timm's (``conv1.0.weight``, ``layer1.0.conv1.weight``...): a timm checkpoint loads with ``--weights FILE`` like a
@@ -60,10 +63,24 @@ class TimmBackbone(Backbone):
             raise RuntimeError(str(e)) from None
         if f.dim() == 4 and self.nhwc:
             f = f.permute(0, 3, 1, 2)
+        elif f.dim() == 3:  # tokens (ViT, DeiT, Mixer...): the patch tokens laid out on their grid
+            f = self._token_map(f, tuple(x.shape[-2:]))
         if f.dim() != 4:
-            raise ConfigError(f"timm model {self.name!r} gives {f.dim()}-d features (tokens), not a C x h x w map: "
-                              "pick a convolutional timm model")
+            raise ConfigError(f"timm model {self.name!r} gives {f.dim()}-d features, not a C x h x w map")
         return f
+
+    def _token_map(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """N x T x C tokens -> N x C x h x w: prefix tokens (class, register) dropped, the rest on the patch grid."""
+        patches = tokens[:, int(getattr(self.timm_model, "num_prefix_tokens", 0) or 0):]
+        embed = getattr(self.timm_model, "patch_embed", None) or getattr(self.timm_model, "stem", None)
+        if hasattr(embed, "dynamic_feat_size"):
+            grid = tuple(embed.dynamic_feat_size(size))
+        else:
+            grid = tuple(getattr(embed, "grid_size", None) or ())
+        if len(grid) != 2 or grid[0] * grid[1] != patches.shape[1]:
+            raise ConfigError(f"timm model {self.name!r} gives {patches.shape[1]} tokens that do not lie on a patch "
+                              "grid: pick a convolutional or ViT-style timm model")
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *grid)
 
     def train(self, mode: bool = True) -> "TimmBackbone":
         super().train(mode)
@@ -82,7 +99,10 @@ def timm_backbone(model_name: str, in_channels: int = 3) -> TimmBackbone:
     """Build ``timm:model_name`` with random weights (nothing downloaded) for ``in_channels`` input channels."""
     timm = _timm()
     try:
-        model = timm.create_model(model_name, pretrained=False, in_chans=in_channels)
+        try:  # ViT-style models then take any input size (position embeddings interpolated); others refuse the option
+            model = timm.create_model(model_name, pretrained=False, in_chans=in_channels, dynamic_img_size=True)
+        except TypeError:
+            model = timm.create_model(model_name, pretrained=False, in_chans=in_channels)
     except RuntimeError as e:
         if "Unknown model" not in str(e):
             raise
