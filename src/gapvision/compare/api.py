@@ -27,8 +27,8 @@ from ..data.transforms import Preprocess
 from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.classifier import Classifier, create_model
 from ..models.heads import HEADS
-from ..runs import Run, default_run_dir, load_checkpoint, load_run
 from ..models.timm_backbone import pretrained_preprocess
+from ..runs import Run, default_run_dir, load_checkpoint, load_run
 from ..train.pipeline import DataOptions, FeedFn, ModelOptions, prepare_data, resume, split_options, train
 from ..train.trainer import TrainingDiverged, seed_everything
 from .features import FeatureStore, cache_blocker, map_bytes

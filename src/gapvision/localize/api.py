@@ -33,8 +33,8 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from .. import atomic
-from ..display import LocalizeResults
 from ..data.transforms import Preprocess, normalize, to_uint8
+from ..display import LocalizeResults
 from ..errors import ConfigError, GapvisionError
 from ..runs import Run, load_run, to_pil
 from .boxes import Detection, Threshold, component_boxes, nms_per_class, rank_classes, region_boxes
