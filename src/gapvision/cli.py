@@ -91,7 +91,12 @@ def cmd_summary(a: argparse.Namespace) -> None:
     from .models.summary import summarize
 
     if a.list:
-        print("\n".join(list_backbones()))
+        if a.list.lower().startswith("timm"):  # timm or timm:PATTERN (fnmatch, e.g. 'timm:*resnet*')
+            from .models.timm_backbone import list_timm
+
+            print("\n".join(list_timm(a.list.partition(":")[2] or "*")))
+        else:
+            print("\n".join(list_backbones()))
         return
     channels = int(a.channels or 3)
     net = create_model(a.model or "gapcnn", a.head or "gap", a.num_classes, in_channels=channels,
@@ -157,7 +162,9 @@ def register(sub: Any) -> None:
     s.add_argument("--channels", choices=["1", "3"])
     s.add_argument("--dropout", type=float)
     s.add_argument("--hidden", type=int)
-    s.add_argument("--list", action="store_true", help="list the available backbones")
+    s.add_argument("--list", nargs="?", const="builtin", metavar="timm[:PATTERN]",
+                   help="list the built-in backbones; --list timm: every timm model (--model timm:NAME), "
+                   "--list 'timm:*resnet*' those matching")
     s.set_defaults(handler=cmd_summary)
 
     d = sub.add_parser("demo", help="train a GAP model on built-in shapes (offline, about a minute)")

@@ -170,7 +170,7 @@ def add_preprocess_args(p: argparse.ArgumentParser) -> None:
 
 def add_model_args(p: argparse.ArgumentParser, head: bool = True) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="backbone name (gapcnn, cifarcnn, resnet20, resnet18, mobilenet_v2...; "
+    g.add_argument("--model", help="backbone name (gapcnn, cifarcnn, resnet20, resnet18, mobilenet_v2..., or timm:NAME; "
                    "see `gapvision summary --list`)")
     if head:
         g.add_argument("--head", help="gap, gmp, avgmax, catavgmax, fc or conv (default gap)")

@@ -30,19 +30,24 @@ def read_labels(path: str | Path) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
-def pretrained_run(model: str, weights: str | None, labels: str | None, normalize: str = "imagenet",
-                   img_size: int | None = None, head: str | None = None, crop: float = 0.875) -> Run:
-    """A Run (no directory) around a pretrained backbone whose own classifier is loaded as the head."""
+def pretrained_run(model: str, weights: str | None, labels: str | None, normalize: str | None = None,
+                   img_size: int | None = None, head: str | None = None, crop: float | None = None) -> Run:
+    """A Run (no directory) around a pretrained backbone whose own classifier is loaded as the head.
+
+    Unset ``normalize``/``img_size``/``crop``: a timm model's pretrained config, else imagenet, 224 (caffe: 227), 0.875.
+    """
     from .models import create_backbone, create_model
+    from .models.timm_backbone import pretrained_preprocess
 
     if not labels:
         raise ConfigError("--model needs --labels (an ImageNet JSON index or a text file with one label per line)")
     classes = read_labels(labels)
     head = head or getattr(create_backbone(model), "default_head", "gap")
-    size = int(img_size or (227 if normalize == "caffe" else 224))
-    net = create_model(model, head, len(classes), in_channels=3, img_size=size, weights=weights).eval()
     mean, std, bgr = preset_stats(normalize or "imagenet", 3)
-    pre = Preprocess(channels=3, img_size=size, mean=mean, std=std, bgr=bgr, crop=crop)
+    pre = Preprocess(channels=3, img_size=int(img_size or (227 if normalize == "caffe" else 224)), mean=mean, std=std,
+                     bgr=bgr, crop=0.875 if crop is None else crop)
+    pre = pretrained_preprocess(pre, model, {"img_size": img_size, "normalize": normalize}, crop=crop is None)
+    net = create_model(model, head, len(classes), in_channels=3, img_size=pre.img_size, weights=weights).eval()
     config = {"classes": classes, "preprocess": pre.to_dict(), "model": net.config.to_dict(),  # type: ignore[union-attr]
               "model_options": {"weights": weights}}
     return Run(None, config, model=net)
@@ -53,8 +58,7 @@ def open_predictor(run_dir: str | None, *, model: str | None = None, weights: st
                    head: str | None = None, crop: float | None = None) -> Run:
     """A run directory, or ``--model/--weights/--labels/--normalize`` for a pretrained network."""
     if model:
-        return pretrained_run(model, weights, labels, normalize or "imagenet", img_size, head,
-                              0.875 if crop is None else crop)
+        return pretrained_run(model, weights, labels, normalize, img_size, head, crop)
     if not run_dir:
         raise GapvisionError("give a RUN_DIR, or --model with --weights and --labels")
     return load_run(run_dir)

@@ -128,6 +128,23 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, model={self.model_config.model}, head={self.model_config.head})"
 
+    def _repr_html_(self) -> str:  # notebooks: headline metrics, curves, confusion matrix (display.py)
+        from .display import run_html
+
+        return run_html(self)
+
+    def show_results(self, n: int = 9, data: Any = None) -> Any:
+        """A matplotlib figure of ``n`` validation images titled predicted / true (see :mod:`gapvision.display`)."""
+        from .display import show_results
+
+        return show_results(self, n, data)
+
+    def plot_top_losses(self, k: int = 9, data: Any = None) -> Any:
+        """A matplotlib figure of the ``k`` validation images with the highest loss (fastai's view)."""
+        from .display import plot_top_losses
+
+        return plot_top_losses(self, k, data)
+
     @property
     def model(self) -> Classifier:
         """The trained Classifier in eval mode (built and loaded on first use; it lives where the predictor put it)."""

@@ -27,6 +27,7 @@ from ..data.transforms import Preprocess
 from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.classifier import Classifier, create_model
 from ..models.heads import HEADS
+from ..models.timm_backbone import pretrained_preprocess
 from ..runs import Run, default_run_dir, load_checkpoint, load_run
 from ..train.pipeline import DataOptions, FeedFn, ModelOptions, prepare_data, resume, split_options, train
 from ..train.trainer import TrainingDiverged, seed_everything
@@ -54,6 +55,11 @@ class CompareResult:
 
     def row(self, head: str) -> dict:
         return next(r for r in self.rows if r["head"] == head)
+
+    def _repr_html_(self) -> str:  # notebooks: the head table and the overlaid curves (display.py)
+        from ..display import compare_html
+
+        return compare_html(self)
 
     @property
     def winner(self) -> str:
@@ -108,6 +114,7 @@ def compare(
         if not todo:
             continue
         splits, pre = load_seed_data(dopts, seed, max_images, say)
+        pre = pretrained_preprocess(pre, model, options)  # timm: the pretrained config's size/mean/std if unset
         net = initial_model(mopts, splits, pre, seed, verbose=not tcfg.quiet and not info)
         feed, info = choose_path(features, net, splits, pre, dopts, tcfg, store, cache_limit)
         if feed is not None:

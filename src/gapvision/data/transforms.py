@@ -12,12 +12,13 @@ from typing import Callable, Sequence
 
 import torch
 from PIL import Image
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..choices import AUGMENTS, IMAGE_AUGMENTS, NORMALIZE_MODES  # noqa: F401 - NORMALIZE_MODES: presets + auto
 from ..errors import ConfigError
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 NORMALIZE_PRESETS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), False),
@@ -36,6 +37,7 @@ class Preprocess:
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     bgr: bool = False
     crop: float = 1.0  # central fraction of each side kept before the resize (0.875 = the usual ImageNet eval crop)
+    interpolation: str = "bilinear"  # of the resize: bilinear, bicubic or nearest (timm models' pretrained configs)
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(m) for m in self.mean)[: self.channels] if len(self.mean) >= self.channels else tuple(self.mean)
@@ -44,6 +46,8 @@ class Preprocess:
             raise ConfigError(f"--crop must be between 0.1 and 1 (got {self.crop})")
         if self.channels not in (1, 3):
             raise ConfigError(f"--channels must be 1 or 3 (got {self.channels})")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"unknown interpolation {self.interpolation!r}: choose {', '.join(INTERPOLATIONS)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -52,7 +56,8 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(**{k: d[k] for k in ("channels", "img_size", "mean", "std", "bgr", "crop") if k in d})
+        return cls(**{k: d[k] for k in ("channels", "img_size", "mean", "std", "bgr", "crop", "interpolation")
+                     if k in d})
 
 
 def preset_stats(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
@@ -91,7 +96,8 @@ def to_uint8(img: Image.Image, pre: Preprocess, resize: bool = True) -> torch.Te
         h, w = t.shape[-2:]
         t = TF.center_crop(t, [max(1, round(h * pre.crop)), max(1, round(w * pre.crop))])
     if resize and (t.shape[-1] != pre.img_size or t.shape[-2] != pre.img_size):
-        t = TF.resize(t, [pre.img_size, pre.img_size], antialias=True)
+        t = TF.resize(t, [pre.img_size, pre.img_size], interpolation=InterpolationMode(pre.interpolation),
+                      antialias=True)
     return t
 
 

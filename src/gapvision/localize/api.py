@@ -13,6 +13,8 @@ Methods:
   * ``cam`` -- the classes the image-level prediction ranks highest (probability >= ``min_score``), each with its
     class activation map scaled to [0, 1]; a box's score is the class probability times the region's peak.
   * ``gradcam`` -- like ``cam`` with Grad-CAM maps at ``layer`` (default: the last feature map); works for any CNN.
+  * ``gradcam++``, ``scorecam``, ``layercam``, ``eigencam``, ``xgradcam`` -- like ``gradcam``, with the maps of
+    pytorch-grad-cam (``pip install 'gapvision[cam]'``, see :mod:`.gradcam_lib`).
 
 Boxes are in the original image's pixels (x0, y0, x1, y1; x1/y1 exclusive) whatever ``scale``/``max_side`` did to
 the network input.
@@ -32,16 +34,18 @@ from torchvision.transforms.v2 import functional as TF
 
 from .. import atomic
 from ..data.transforms import Preprocess, normalize, to_uint8
+from ..display import LocalizeResults
 from ..errors import ConfigError, GapvisionError
 from ..runs import Run, load_run, to_pil
 from .boxes import Detection, Threshold, component_boxes, nms_per_class, rank_classes, region_boxes
-from .cam import background_reference, class_maps, grad_cam, normalize_maps, upsample
+from .cam import background_reference, class_maps, normalize_maps, upsample
+from .gradcam_lib import LIBRARY_METHODS, explain
 from .video import is_video, read_frames
 
-METHODS = ("fcn", "cam", "gradcam")
-DEFAULT_THRESHOLD = {"fcn": "50%", "cam": "50%", "gradcam": "50%"}
+METHODS = ("fcn", "cam", "gradcam", *LIBRARY_METHODS)
+DEFAULT_THRESHOLD = {"fcn": "50%", "cam": "50%", "gradcam": "50%", **{m: "50%" for m in LIBRARY_METHODS}}
 BACKGROUNDS = ("blank", "none")
-DEFAULT_MIN_SCORE = {"fcn": 0.9, "cam": 0.2, "gradcam": 0.2}
+DEFAULT_MIN_SCORE = {"fcn": 0.9, "cam": 0.2, "gradcam": 0.2, **{m: 0.2 for m in LIBRARY_METHODS}}
 
 
 @dataclass
@@ -132,8 +136,9 @@ class Localizer:
         self.pre = run.preprocess
         predictor = run.use_device(device)  # the run's one model placement (devices.choose_device)
         self.device = predictor.device
-        self.fcn = None if method == "gradcam" else predictor.fcn
-        self.net = predictor.net if method == "gradcam" else None
+        gradients = method not in ("fcn", "cam")  # gradcam and the pytorch-grad-cam methods: the plain network
+        self.fcn = None if gradients else predictor.fcn
+        self.net = predictor.net if gradients else None
         self.reference = None
         if method == "fcn" and background == "blank" and not multilabel:
             self.reference = background_reference(self.fcn, self.pre.channels, self.pre.img_size)  # type: ignore[arg-type]
@@ -230,7 +235,7 @@ class Localizer:
             with torch.no_grad():
                 probs = self._probs(self.net(x))  # type: ignore[misc]
             chosen = probs.topk(min(self.topk, probs.shape[1]), dim=1).indices
-            fmaps, _ = grad_cam(self.net, x, chosen, self.layer)  # type: ignore[arg-type]
+            fmaps, _ = explain(self.net, x, chosen, self.method, self.layer)  # type: ignore[arg-type]
         heat = upsample(normalize_maps(fmaps.float()), tuple(x.shape[-2:]), *where).cpu().numpy()
         out = []
         for i in range(x.shape[0]):
@@ -347,7 +352,7 @@ def localize(run_or_model: Run | str | Path | nn.Module, images: Any, out: str |
             raise GapvisionError("no images found in " + ", ".join(map(str, images if isinstance(images, (list, tuple))
                                                                          else [images])))
     writer = OutputWriter(out, render) if out is not None else None
-    results: list[dict] = []
+    results = LocalizeResults()  # a list of dicts that displays its first images with boxes in a notebook
     pending: list[tuple[int, Any]] = []
 
     def flush() -> None:
@@ -356,6 +361,7 @@ def localize(run_or_model: Run | str | Path | nn.Module, images: Any, out: str |
             if writer is not None:
                 writer.write(res, pil)
             results.append(res.to_dict())
+            results.keep(pil, res)
         pending.clear()
 
     for i, im in enumerate(items):

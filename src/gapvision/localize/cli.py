@@ -7,6 +7,8 @@ from typing import Any
 
 from ..options import add_pretrained_args
 from ..errors import GapvisionError
+from .api import METHODS
+from .gradcam_lib import LIBRARY_METHODS
 
 
 def register(sub: Any) -> None:
@@ -19,8 +21,9 @@ def register(sub: Any) -> None:
     p.add_argument("paths", nargs="*", metavar="[RUN_DIR] IMAGE_OR_DIR",
                    help="a run directory then images, folders or video files (with --model: only the inputs)")
     p.add_argument("--out", help="output folder (without it, results are only printed)")
-    p.add_argument("--method", choices=["fcn", "cam", "gradcam"], default="fcn",
-                   help="fcn: exact class maps, all classes in one pass (default); cam; gradcam")
+    p.add_argument("--method", choices=list(METHODS), default="fcn",
+                   help="fcn: exact class maps, all classes in one pass (default); cam; gradcam; and through "
+                   "pytorch-grad-cam (pip install 'gapvision[cam]'): " + ", ".join(LIBRARY_METHODS))
     p.add_argument("--threshold", help="box extent: a fraction of each region's peak (50%%, default), otsu, or a "
                    "probability (fcn) / map value (cam, gradcam) such as 0.7")
     p.add_argument("--min-score", type=float, help="fcn: the probability a class region must reach (default 0.9); "
@@ -37,7 +40,7 @@ def register(sub: Any) -> None:
     p.add_argument("--nms-iou", type=float, default=0.5, help="per-class non-maximum suppression IoU (default 0.5)")
     p.add_argument("--max-side", type=int, help="shrink images whose longer side exceeds this many pixels")
     p.add_argument("--scale", type=float, help="resize factor before the network (match the training object size)")
-    p.add_argument("--layer", help="gradcam: the layer to explain (dotted module name; default the last feature map)")
+    p.add_argument("--layer", help="gradcam and the library methods: the layer to explain (dotted module name; default the last feature map)")
     p.add_argument("--every", type=int, default=1, help="videos and camera: every N-th frame (default 1)")
     p.add_argument("--camera", type=int, metavar="N", help="stream webcam N (needs OpenCV)")
     p.add_argument("--frames", type=int, help="camera: stop after this many frames (default: until Ctrl-C)")

@@ -21,6 +21,9 @@ from .fastnet import fastnet_parts
 
 BackboneBuilder = Callable[[], "Backbone"]
 _REGISTRY: dict[str, BackboneBuilder] = {}
+# "prefix:NAME" families resolved by name (timm:resnet10t): prefix -> builder(NAME, in_channels)
+PrefixBuilder = Callable[[str, int], "Backbone"]
+_PREFIXES: dict[str, PrefixBuilder] = {}
 
 
 class Backbone(nn.Module):
@@ -95,6 +98,16 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
     return decorate
 
 
+def register_backbone_prefix(prefix: str) -> Callable[[PrefixBuilder], PrefixBuilder]:
+    """Decorator: ``prefix:NAME`` models are built by ``builder(NAME, in_channels) -> Backbone`` (see timm_backbone)."""
+
+    def decorate(builder: PrefixBuilder) -> PrefixBuilder:
+        _PREFIXES[prefix] = builder
+        return builder
+
+    return decorate
+
+
 def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -102,9 +115,14 @@ def list_backbones() -> list[str]:
 def create_backbone(name: str, in_channels: int = 3) -> Backbone:
     """Build the backbone ``name`` (random init, nothing downloaded) for ``in_channels`` (1 or 3) input channels."""
     key = name.strip().lower()
+    prefix, sep, rest = name.strip().partition(":")
+    if sep and prefix.lower() in _PREFIXES:
+        if in_channels not in (1, 3):
+            raise ConfigError(f"in_channels must be 1 or 3 (got {in_channels})")
+        return _PREFIXES[prefix.lower()](rest, in_channels)
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, list(_REGISTRY), n=4, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(list_backbones())}"
+        hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(list_backbones())} or timm:NAME"
         raise ConfigError(f"unknown model {name!r}: {hint}")
     if in_channels not in (1, 3):
         raise ConfigError(f"in_channels must be 1 or 3 (got {in_channels})")
@@ -290,3 +308,6 @@ def _vgg(name: str) -> Backbone:
 
 for _name in ("vgg11", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn", "vgg19_bn"):
     register_backbone(_name)(partial(_vgg, _name))
+
+
+from . import timm_backbone  # noqa: E402,F401  (registers the timm: prefix; timm itself is imported on use)

@@ -21,6 +21,7 @@ from ..data.memory import AugmentedImage, MemoryBatches, available_memory, batch
 from ..data.transforms import Preprocess, eval_transform, train_transform
 from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.classifier import Classifier, ModelConfig, create_model
+from ..models.timm_backbone import pretrained_preprocess
 from ..options import GROUPS, DataOptions, ModelOptions
 from ..plots import plot_confusion, plot_curves
 from ..predictor import Predictor, inference_options
@@ -152,6 +153,8 @@ def train(data: Any = "builtin:shapes", model: str | None = None, head: str | No
     set_deterministic(tcfg.deterministic)
     filled, max_size = input_defaults(user)
     splits, pre = prepare_data(split_options({"data": data, **filled})[0], tcfg.seed, preprocess, splits, max_size)
+    if preprocess is None:  # timm backbones: their pretrained config's size/mean/std where the user set none
+        pre = pretrained_preprocess(pre, model, options)
     options, recipe = apply_recipe(filled, img_size=pre.img_size, n_train=len(splits.train),
                                    batchnorm=has_batchnorm(user.get("model") or "gapcnn"))
     dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
