@@ -41,12 +41,19 @@ def _imports(path: Path, top_level_only: bool) -> set[str]:
     return found
 
 
+#: methods through which an object shows itself in a notebook (pandas' pattern: the display layer is imported when
+#: the object is shown, from above); they may import gapvision.display and nothing else
+DISPLAY_HOOKS = ("_repr_html_", "show_results", "plot_top_losses")
+
+
 def _nodes(body: list[ast.stmt], top_level_only: bool):
     """The statements of ``body`` (and, unless ``top_level_only``, everything inside them), skipping
     ``if TYPE_CHECKING:`` blocks, which are not imports at run time."""
     for node in body:
         if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
             continue
+        if isinstance(node, ast.FunctionDef) and node.name in DISPLAY_HOOKS:
+            continue  # notebook presentation hooks: they only call up into gapvision.display (checked below)
         yield node
         if not top_level_only:
             for child in ast.iter_child_nodes(node):
@@ -90,6 +97,18 @@ def test_module_imports_have_no_cycles():
     for m, deps in graph.items():  # a parent package -> its children is the import system, not a dependency
         graph[m] = {d for d in deps if not d.startswith(m + ".")}
     assert _find_cycle(graph) is None, " -> ".join(_find_cycle(graph) or [])
+
+
+def test_display_hooks_import_only_the_display_layer():
+    hooks = 0
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name in DISPLAY_HOOKS:
+                hooks += 1
+                for imp in (n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))):
+                    target = "." * getattr(imp, "level", 0) + (getattr(imp, "module", None) or "")
+                    assert target.lstrip(".") in ("display", "gapvision.display", "splits_display"), (path, target)
+    assert hooks >= 4  # Run (3) and DataSplits, CompareResult, the localisation results
 
 
 @pytest.mark.parametrize("module, forbidden", [

@@ -44,6 +44,7 @@ def test_auto_chooses_transfer_for_pretrained_weights_unless_a_hyperparameter_is
     assert choose_recipe({"weights": "w.pth"}, 224) == "transfer"
     assert choose_recipe({"weights": "w.pth", "model": "resnet18"}, 32) == "transfer"
     assert choose_recipe({"weights": "w.pth", "lr": 0.01}, 224) == "none"
+    assert choose_recipe({"weights": "w.pth", "lr": "auto"}, 224) == "transfer"  # the LR finder sets the lrs
     assert choose_recipe({"weights": "w.pth", "recipe": "none"}, 224) == "none"
     assert choose_recipe({"recipe": "transfer"}, 224) == "transfer"
     opts, note = apply_recipe({"weights": "w", "epochs": 5}, img_size=224, n_train=146)

@@ -21,11 +21,13 @@ lazy_package(__name__, {
     "create_model": ".models", "summarize": ".models.summary",
     "Run": ".runs", "load_run": ".runs", "Predictor": ".predictor",
     "evaluate": ".train.pipeline", "resume": ".train.pipeline", "train": ".train.pipeline",
+    "lr_find": ".train.pipeline",
     "compare": ".compare", "export": ".export", "localize": ".localize", "to_fcn": ".localize", "report": ".report",
 })
 
 __all__ = [
     "ConfigError", "DataError", "GapvisionError", "Predictor", "Run", "compare", "create_model", "evaluate", "export",
-    "inspect_data", "load_arrays", "load_data", "load_images", "load_run", "localize", "report", "resume", "summarize",
+    "inspect_data", "load_arrays", "load_data", "load_images", "load_run", "localize", "lr_find", "report", "resume",
+    "summarize",
     "to_fcn", "train", "__version__",
 ]

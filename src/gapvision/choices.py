@@ -14,3 +14,7 @@ CHANNELS = ("1", "3", "auto")
 IN_MEMORY_MODES = ("auto", "on", "off")
 FREEZE = ("none", "backbone", "bn")
 SWITCHES = ("auto", "on", "off")  # --amp, --channels-last
+#: localize --method: our own (fcn, cam, gradcam) and pytorch-grad-cam's (name -> its class, localize/gradcam_lib.py)
+LIBRARY_CAM_METHODS = {"gradcam++": "GradCAMPlusPlus", "scorecam": "ScoreCAM", "layercam": "LayerCAM",
+                       "eigencam": "EigenCAM", "xgradcam": "XGradCAM"}
+LOCALIZE_METHODS = ("fcn", "cam", "gradcam", *LIBRARY_CAM_METHODS)

@@ -37,7 +37,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_lr_find(a: argparse.Namespace) -> None:
-    from .train.lr_find import lr_find
+    from .train.pipeline import lr_find
 
     opts = {k: v for k, v in collect(a).items() if k != "lr"}
     res = lr_find(a.data, a.model, a.head, out=a.out, start_lr=a.start_lr, end_lr=a.end_lr, steps=a.steps, **opts)

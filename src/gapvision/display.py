@@ -13,21 +13,17 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
 
-from .report import (esc, figure_png, img_tag, load_validation, plot_overlaid, sample_indices, table, thumbnail,
-                     validation_losses)
+from .data.splits_display import splits_html  # noqa: F401 (the DataSplits display lives beside DataSplits)
+from .htmlparts import block as _block
+from .htmlparts import esc, img_tag, table, thumbnail
+from .htmlparts import inline_figure as _figure
+from .localize.results import DISPLAY_LIMIT, LocalizeResults  # noqa: F401 (re-exported)
+from .report import load_validation, plot_overlaid, sample_indices, validation_losses
 
 if TYPE_CHECKING:
     from .compare.api import CompareResult
-    from .data.imageset import DataSplits
-    from .localize.api import Localization
     from .runs import Run
-
-#: most localisation results kept with their images for display (a big folder must not pile up in memory)
-DISPLAY_LIMIT = 12
-_STYLE = ("<style>.gv-grid{display:flex;flex-wrap:wrap;gap:.5rem}.gv-tile{width:160px;font-size:.75rem}"
-          ".gv-tile img{width:160px}.gv-ok{color:#1b7f3b}.gv-bad{color:#b00020}</style>")
 
 
 class DisplayFigure(Figure):
@@ -44,18 +40,6 @@ class DisplayFigure(Figure):
 
     def _repr_png_(self) -> bytes:
         return self.png()
-
-
-def _block(kind: str, title: str, *parts: str) -> str:
-    return f'{_STYLE}<div class="gapvision-{kind}"><h3>{esc(title)}</h3>{"".join(p for p in parts if p)}</div>'
-
-
-def _figure(draw: Callable[[Any], None], alt: str, jpeg: bool = False) -> str:
-    """An inline <img> of a figure that ``draw(path)`` saves; ``jpeg`` for photos (noisy pixels make PNGs big)."""
-    png = figure_png(draw)
-    if not png:
-        return ""
-    return img_tag(Image.open(io.BytesIO(png)), alt, "gv-figure", jpeg=True) if jpeg else img_tag(png, alt, "gv-figure")
 
 
 # -- Run ----------------------------------------------------------------------------------------------------------
@@ -149,42 +133,8 @@ def compare_html(result: "CompareResult") -> str:
                   verdict, table(cols, rows, "gv-heads"), curves)
 
 
-def splits_html(splits: "DataSplits", per_class: int = 6) -> str:
-    """Images per class and split, and a grid of training samples (one row per class)."""
-    from .data.inspect import write_sample_grid
-
-    parts = [("train", splits.train), ("val", splits.val)]
-    if splits.test is not None:
-        parts.append(("test", splits.test))
-    counts = {name: s.class_counts() for name, s in parts}
-    rows = [[c] + [counts[name].get(c, 0) for name, _ in parts] for c in splits.classes]
-    rows.append(["total"] + [len(s) for _, s in parts])
-    grid = _figure(lambda p: write_sample_grid(splits.train, p, per_class=per_class), "samples",
-                   jpeg=True) if len(splits.train) else ""
-    notes = "".join(f"<p><small>note: {esc(n)}</small></p>" for n in splits.notes)
-    return _block("data", f"Data: {splits.source or 'images'} ({len(splits.classes)} classes)",
-                  table(["class"] + [name for name, _ in parts], rows, "gv-counts"), notes, grid)
-
-
 # -- localisation results -------------------------------------------------------------------------------------------
-class LocalizeResults(list):
-    """What :func:`gapvision.localize.localize` returns: the list of JSON-ready dicts, which in a notebook displays
-    the first :data:`DISPLAY_LIMIT` images with their boxes and the top class's heat map."""
-
-    def __init__(self, items: Sequence[dict] = ()):
-        super().__init__(items)
-        self.shown: list[tuple[Image.Image, "Localization"]] = []
-
-    def keep(self, image: Image.Image, loc: "Localization") -> None:
-        """Remember ``image`` and its result for display (up to DISPLAY_LIMIT)."""
-        if len(self.shown) < DISPLAY_LIMIT:
-            self.shown.append((image, loc))
-
-    def _repr_html_(self) -> str:
-        return localize_html(self)
-
-
-def localize_html(results: LocalizeResults) -> str:
+def localize_html(results: "LocalizeResults") -> str:
     from .localize.render import draw_detections, heat_overlay
 
     tiles = []

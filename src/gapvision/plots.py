@@ -1,16 +1,21 @@
-"""Figures written into run directories: loss/accuracy curves and the confusion matrix.
+"""Figures written into run directories: loss/accuracy curves, the confusion matrix, sample grids.
 
 Every figure is a :class:`matplotlib.figure.Figure` on its own Agg canvas (:func:`new_figure`): nothing here selects
 a global backend or touches pyplot, so a notebook user's matplotlib settings stay as they were.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from . import atomic
+from .errors import DataError
+
+if TYPE_CHECKING:
+    from .data.imageset import ImageSet
 
 
 def new_figure(**kw: Any) -> Any:
@@ -69,3 +74,40 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
                         color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046)
     save_figure(fig, path)
+
+
+GRID_PER_CLASS = 8  # sample grids: images per class (columns)
+GRID_MAX_CLASSES = 30  # ... and classes (rows) at most
+
+
+def write_sample_grid(imgs: "ImageSet", out_png: str | os.PathLike, per_class: int = GRID_PER_CLASS,
+                      max_classes: int = GRID_MAX_CLASSES) -> Path:
+    """A PNG with up to ``per_class`` readable samples (columns) for each class (rows)."""
+    classes = list(imgs.classes)[:max_classes]
+    rows = max(1, len(classes))
+    fig = new_figure(figsize=(1.3 * per_class + 1.2, 1.3 * rows + 0.3))
+    axes = fig.subplots(rows, per_class, squeeze=False)
+    for r, cls in enumerate(classes):
+        shown = 0
+        for i in np.flatnonzero(imgs.labels == r):
+            if shown == per_class:
+                break
+            try:
+                img = imgs.load(int(i))
+            except DataError:
+                continue
+            grey = img.mode in ("L", "1", "LA")
+            axes[r][shown].imshow(np.asarray(img.convert("L" if grey else "RGB")), cmap="gray" if grey else None,
+                                  vmin=0, vmax=255)
+            shown += 1
+        axes[r][0].set_ylabel(f"{cls}\n({int((imgs.labels == r).sum())})", rotation=0, ha="right", va="center",
+                              fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.tight_layout()
+    out = Path(out_png)
+    atomic.savefig(fig, out, dpi=80)
+    return out

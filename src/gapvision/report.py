@@ -9,15 +9,11 @@ sections that need it.
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
-import io
-import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,9 +22,9 @@ from PIL import Image
 from . import __version__, atomic
 from .data.imageset import ImageSet
 from .errors import GapvisionError
+from .htmlparts import THUMB, data_uri, esc, figure_png, fmt, img_tag, note, section, table, thumbnail  # noqa: F401
 from .runs import Run, load_run
 
-THUMB = 128  # side of the image tiles, in pixels
 WORST = 12  # images in the worst-mistakes grid
 MAP_SAMPLES = 8  # images with class maps
 
@@ -66,68 +62,6 @@ def page(title: str, sections: Sequence[str]) -> str:
             f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><style>{CSS}</style></head>"
             f"<body><h1>{esc(title)}</h1><p><small>gapvision {__version__} report, {stamp}</small></p>\n"
             + "\n".join(sections) + "\n</body></html>\n")
-
-
-# -- small HTML pieces ---------------------------------------------------------------------------------------------
-def esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def section(title: str, body: str, anchor: str = "") -> str:
-    ident = f' id="{esc(anchor)}"' if anchor else ""
-    return f"<section{ident}><h2>{esc(title)}</h2>\n{body}\n</section>"
-
-
-def note(text: str) -> str:
-    return f'<p class="note">{esc(text)}</p>'
-
-
-def table(header: Sequence[str] | None, rows: Sequence[Sequence[Any]], cls: str = "") -> str:
-    head = "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{esc(fmt(v))}</td>" for v in r) + "</tr>" for r in rows)
-    return f'<table class="{esc(cls)}">{head}<tbody>{body}</tbody></table>'
-
-
-def fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
-    return "" if v is None else str(v)
-
-
-def data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def img_tag(image: Image.Image | bytes, alt: str, cls: str = "", jpeg: bool = False) -> str:
-    """An <img> with the picture inlined (PNG bytes as given; PIL images as PNG, or JPEG with ``jpeg``)."""
-    if isinstance(image, Image.Image):
-        buf = io.BytesIO()
-        if jpeg:
-            image.convert("RGB").save(buf, format="JPEG", quality=88)
-        else:
-            image.save(buf, format="PNG")
-        data, mime = buf.getvalue(), "image/jpeg" if jpeg else "image/png"
-    else:
-        data, mime = image, "image/png"
-    return f'<img class="{esc(cls)}" alt="{esc(alt)}" src="{data_uri(data, mime)}">'
-
-
-def figure_png(draw: Callable[[Path], None]) -> bytes | None:
-    """PNG bytes of a figure that ``draw(path)`` saves (the plots module writes files); None if nothing was drawn."""
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "figure.png"
-        draw(p)
-        return p.read_bytes() if p.exists() else None
-
-
-def thumbnail(img: Image.Image, side: int = THUMB) -> Image.Image:
-    im = img.convert("RGB")
-    if max(im.size) > side:
-        im.thumbnail((side, side), Image.BILINEAR)
-    elif max(im.size) < side:  # small images (32 px CIFAR) are scaled up so that they can be seen
-        k = side / max(im.size)
-        im = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.NEAREST)
-    return im
 
 
 # -- run report ---------------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from ..data.loaders import Batches, StreamingBatches
 from ..data.transforms import Preprocess
 from ..models.classifier import Classifier, feature_size
 from ..train.config import TrainConfig
-from ..train.pipeline import DataOptions, Feed, make_batches
+from ..data.batches import Feed, make_batches
+from ..options import DataOptions
 from ..devices import choose_device as resolve_device
 
 MapBatch = tuple[torch.Tensor, torch.Tensor]  # feature maps and labels of one batch

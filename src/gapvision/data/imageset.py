@@ -89,6 +89,6 @@ class DataSplits:
     notes: list[str] = field(default_factory=list)  # e.g. "skipped 3 unreadable images"
 
     def _repr_html_(self) -> str:  # notebooks: class counts per split and a sample grid (display.py)
-        from ..display import splits_html
+        from .splits_display import splits_html
 
         return splits_html(self)

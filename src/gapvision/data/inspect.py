@@ -12,15 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import atomic
 from ..errors import DataError
+from ..plots import GRID_MAX_CLASSES, GRID_PER_CLASS, write_sample_grid  # noqa: F401 (re-exported)
 from .imageset import ImageSet
 from .sources import LoadOptions, load_with_options
 
 TINY_PX = 16  # images whose shorter side is below this are reported
 IMBALANCE_RATIO = 5.0  # largest / smallest class count at or above this is reported
-GRID_PER_CLASS = 8
-GRID_MAX_CLASSES = 30
 
 
 def inspect_data(data: Any, out_png: str | os.PathLike | None = None, *, sample: int | None = None,
@@ -126,41 +124,6 @@ def _duplicate_problems(split: str, hashes: list[tuple[str, str]], first_seen: d
         problems.append(f"{split}: {len(across)} image(s) also in {other_split} (first: {name} == {other}); "
                         f"overlap between splits inflates {split} scores")
     return problems
-
-
-def write_sample_grid(imgs: ImageSet, out_png: str | os.PathLike, per_class: int = GRID_PER_CLASS,
-                      max_classes: int = GRID_MAX_CLASSES) -> Path:
-    """A PNG with up to ``per_class`` readable samples (columns) for each class (rows)."""
-    from ..plots import new_figure
-
-    classes = list(imgs.classes)[:max_classes]
-    rows = max(1, len(classes))
-    fig = new_figure(figsize=(1.3 * per_class + 1.2, 1.3 * rows + 0.3))
-    axes = fig.subplots(rows, per_class, squeeze=False)
-    for r, cls in enumerate(classes):
-        shown = 0
-        for i in np.flatnonzero(imgs.labels == r):
-            if shown == per_class:
-                break
-            try:
-                img = imgs.load(int(i))
-            except DataError:
-                continue
-            grey = img.mode in ("L", "1", "LA")
-            axes[r][shown].imshow(np.asarray(img.convert("L" if grey else "RGB")), cmap="gray" if grey else None,
-                                  vmin=0, vmax=255)
-            shown += 1
-        axes[r][0].set_ylabel(f"{cls}\n({int((imgs.labels == r).sum())})", rotation=0, ha="right", va="center",
-                              fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    fig.tight_layout()
-    out = Path(out_png)
-    atomic.savefig(fig, out, dpi=80)
-    return out
 
 
 def format_inspection(report: dict) -> str:

@@ -33,16 +33,24 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from .. import atomic
+from ..choices import LOCALIZE_METHODS
 from ..data.transforms import Preprocess, normalize, to_uint8
-from ..display import LocalizeResults
 from ..errors import ConfigError, GapvisionError
 from ..runs import Run, load_run, to_pil
-from .boxes import Detection, Threshold, component_boxes, nms_per_class, rank_classes, region_boxes
+from .boxes import (
+    Detection,
+    Threshold,
+    component_boxes,
+    nms_per_class,
+    rank_classes,
+    region_boxes,
+)
 from .cam import background_reference, class_maps, normalize_maps, upsample
 from .gradcam_lib import LIBRARY_METHODS, explain
+from .results import LocalizeResults
 from .video import is_video, read_frames
 
-METHODS = ("fcn", "cam", "gradcam", *LIBRARY_METHODS)
+METHODS = LOCALIZE_METHODS
 DEFAULT_THRESHOLD = {"fcn": "50%", "cam": "50%", "gradcam": "50%", **{m: "50%" for m in LIBRARY_METHODS}}
 BACKGROUNDS = ("blank", "none")
 DEFAULT_MIN_SCORE = {"fcn": 0.9, "cam": 0.2, "gradcam": 0.2, **{m: 0.2 for m in LIBRARY_METHODS}}

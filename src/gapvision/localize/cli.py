@@ -5,10 +5,10 @@ import argparse
 import json
 from typing import Any
 
-from ..options import add_pretrained_args
+from ..choices import LIBRARY_CAM_METHODS as LIBRARY_METHODS
+from ..choices import LOCALIZE_METHODS as METHODS
 from ..errors import GapvisionError
-from .api import METHODS
-from .gradcam_lib import LIBRARY_METHODS
+from ..options import add_pretrained_args
 
 
 def register(sub: Any) -> None:

@@ -22,18 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..choices import LIBRARY_CAM_METHODS
 from ..errors import ConfigError
 from ..optional import require
 from .cam import grad_cam, resolve_layer
 
 #: --method name -> pytorch_grad_cam class name
-LIBRARY_METHODS: dict[str, str] = {
-    "gradcam++": "GradCAMPlusPlus",
-    "scorecam": "ScoreCAM",
-    "layercam": "LayerCAM",
-    "eigencam": "EigenCAM",
-    "xgradcam": "XGradCAM",
-}
+LIBRARY_METHODS: dict[str, str] = LIBRARY_CAM_METHODS  # pytorch-grad-cam's methods by our name
 
 
 def library_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, method: str,

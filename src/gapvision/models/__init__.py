@@ -9,7 +9,7 @@ __all__ = [
 ]
 
 from .summary import summarize, summary_stats  # noqa: E402
-from .timm_backbone import list_timm  # noqa: E402
+from .timm_backbone import list_timm  # noqa: E402  (importing it registers the timm: prefix)
 from .weights import load_weights, read_state_dict  # noqa: E402
 
 __all__ += ["summarize", "summary_stats", "list_timm", "load_weights", "read_state_dict"]

@@ -167,7 +167,7 @@ def native_input(name: str) -> tuple[int, str]:
 
 def init_without_bn(backbone: Backbone) -> Backbone:
     """The initialisation of a ReLU network without normalisation layers (see bench/backbones.py): Kaiming-normal
-    convs (fan-in, so the signal keeps its scale through the depth) with zero biases."""
+    convs (fan-in, so the signal keeps its scale through the depth: tests/test_transfer.py) with zero biases."""
     for m in backbone.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
@@ -309,5 +309,3 @@ def _vgg(name: str) -> Backbone:
 for _name in ("vgg11", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn", "vgg19_bn"):
     register_backbone(_name)(partial(_vgg, _name))
 
-
-from . import timm_backbone  # noqa: E402,F401  (registers the timm: prefix; timm itself is imported on use)

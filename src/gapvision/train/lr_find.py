@@ -8,18 +8,15 @@ import copy
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.imageset import DataSplits
 from ..data.loaders import Batches
-from ..data.transforms import Preprocess
 from ..errors import GapvisionError
-from ..models.classifier import Classifier, apply_freeze_mode, set_freeze
+from ..models.classifier import apply_freeze_mode, set_freeze
 from .config import TrainConfig
 from .optim import HEAD_PHASE, build_optimizer, phase_of, set_lr
 
@@ -136,54 +133,3 @@ def apply_suggestion(cfg: TrainConfig, lr: float) -> TrainConfig:
         return replace(cfg, freeze_lr=lr, lr=head, backbone_lr=head / 10 if cfg.backbone_lr is not None else None)
     ratio = cfg.backbone_lr / lr if cfg.backbone_lr is not None and isinstance(cfg.lr, float) else None
     return replace(cfg, lr=lr, backbone_lr=lr * ratio if ratio else cfg.backbone_lr)
-
-
-def resolve_auto_lr(net: Classifier, splits: DataSplits, pre: Preprocess, dopts: Any, tcfg: TrainConfig,
-                    say: Callable[[str], None] = print) -> tuple[TrainConfig, dict]:
-    """``--lr auto``: the sweep on the run's own training batches, and the configuration with its suggestion."""
-    from .pipeline import make_batches  # the pipeline calls this module; its batch maker is shared
-    from .trainer import resolve_device
-
-    probe = replace(tcfg, lr=1.0) if tcfg.lr == "auto" else tcfg
-    batches = make_batches(splits.train, pre, tcfg.batch_size, train=True, augment=dopts.augment, seed=tcfg.seed,
-                           workers=tcfg.workers, in_memory=dopts.in_memory, device=resolve_device(tcfg.device))
-    result = sweep(net, batches, replace(probe, backbone_lr=None), device=resolve_device(tcfg.device))
-    resolved = apply_suggestion(probe, result.suggestion)
-    say(f"lr-find: suggested lr {result.suggestion:.3g} ({len(result.lrs)} steps); training with lr {resolved.lr:.3g}"
-        + (f", backbone {resolved.backbone_lr:.3g}" if resolved.backbone_lr else "")
-        + (f", head-only epochs {resolved.freeze_lr:.3g}" if resolved.freeze_epochs else ""))
-    return resolved, result.to_dict()
-
-
-def lr_find(data: Any = "builtin:shapes", model: str | None = None, head: str | None = None, *,
-            out: str | Path | None = None, start_lr: float = START_LR, end_lr: float = END_LR, steps: int = STEPS,
-            **options: Any) -> LRFindResult:
-    """The LR range test for the network and data that ``gapvision.train(data, model, head, **options)`` would use;
-    writes ``lr_find.png`` (and ``lr_find.json``) into ``out`` when given. Nothing is trained for real."""
-    from .. import atomic
-    from ..models.classifier import create_model
-    from .pipeline import input_defaults, make_batches, prepare_data, split_options
-    from .recipes import apply_recipe
-    from .trainer import resolve_device, seed_everything
-
-    user = {"model": model, "head": head, **options}
-    dopts, _, tcfg = split_options({"data": data, **{k: v for k, v in user.items() if k != "lr"}})
-    seed_everything(tcfg.seed)
-    filled, max_size = input_defaults(user)
-    splits, pre = prepare_data(split_options({"data": data, **filled})[0], tcfg.seed, max_size=max_size)
-    filled, _ = apply_recipe(filled, img_size=pre.img_size, n_train=len(splits.train))
-    dopts, mopts, tcfg = split_options({"data": data, **{k: v for k, v in filled.items() if k != "lr"}})
-    net = create_model(mopts.model, mopts.head, len(splits.classes), in_channels=pre.channels, img_size=pre.img_size,
-                       dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze)
-    device = resolve_device(tcfg.device)
-    batches = make_batches(splits.train, pre, tcfg.batch_size, train=True, augment=dopts.augment, seed=tcfg.seed,
-                           workers=tcfg.workers, in_memory=dopts.in_memory, device=device)
-    result = sweep(net, batches, replace(tcfg, backbone_lr=None), start_lr=start_lr, end_lr=end_lr, steps=steps,
-                   device=device)
-    if out is not None:
-        path = Path(out)
-        path.mkdir(parents=True, exist_ok=True)
-        plot_lr_find(result, path / "lr_find.png")
-        result.plot = str(path / "lr_find.png")
-        atomic.write_json(path / "lr_find.json", {**result.to_dict(), "lrs": result.lrs, "losses": result.losses})
-    return result

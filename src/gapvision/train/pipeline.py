@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,11 +14,10 @@ import torch
 from torch import nn
 
 from .. import __version__, distributed
-from ..data.imageset import DataSplits, ImageSet
-from ..data.loaders import Batches, StreamingBatches
-from ..choices import IMAGE_AUGMENTS
-from ..data.memory import AugmentedImage, MemoryBatches, available_memory, batch_augment, use_in_memory
-from ..data.transforms import Preprocess, eval_transform, train_transform
+from ..data.batches import Feed, make_batches  # noqa: F401 (the pipeline's batch maker, shared)
+from ..data.imageset import DataSplits
+from ..data.memory import available_memory
+from ..data.transforms import Preprocess
 from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.classifier import Classifier, ModelConfig, create_model
 from ..models.timm_backbone import pretrained_preprocess
@@ -28,6 +27,7 @@ from ..predictor import Predictor, inference_options
 from ..runs import FORMAT_VERSION, Run, RunWriter, default_run_dir, load_checkpoint, load_run, load_run_weights
 from . import metrics as M
 from .config import TrainConfig
+from .lr_find import START_LR, END_LR, STEPS, LRFindResult, apply_suggestion, plot_lr_find, sweep
 from .recipes import apply_recipe, choose_recipe
 from .trainer import Trainer, TrainingDiverged, resolve_device, seed_everything, set_deterministic
 
@@ -69,44 +69,6 @@ def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int]:
         filled = {"img_size": size, "normalize": normalize}
         return {**filled, **{k: v for k, v in options.items() if v is not None}}, size
     return options, size
-
-
-def make_batches(
-    images: ImageSet, pre: Preprocess, batch_size: int, *, train: bool = False, augment: str = "none", seed: int = 0,
-    workers: int = -1, sampler_factory: Any = None, in_memory: str = "off", device: torch.device | str | None = None,
-    log: Callable[[str], None] | None = None,
-) -> Batches:
-    """Batches of one split: shuffled and augmented for training, in order and plain otherwise.
-
-    ``sampler_factory`` (DDP: this rank's share, see distributed.py) picks the images; then ``batch_size`` is per rank.
-    ``in_memory`` (auto/on/off) chooses the in-memory path (decoded once, resident on ``device``, batch augmentation).
-    """
-    per_image = train and augment in IMAGE_AUGMENTS  # torchvision's per-image ops: the streaming path only
-    if per_image and in_memory == "on":
-        batch_augment(augment, pre.img_size)  # the one-line error that says what to use instead
-    if not per_image and use_in_memory(in_memory, len(images), pre, device or "cpu"):
-        return MemoryBatches.from_images(images, pre, batch_size, workers=workers, log=log, shuffle=train, seed=seed,
-                                         augment=batch_augment(augment, pre.img_size) if train else None,
-                                         device=device, sampler_factory=sampler_factory)
-    batch_aug = batch_augment(augment, pre.img_size) if train and not per_image else None
-    if batch_aug is not None:  # the same pixels as the in-memory path, image by image
-        return StreamingBatches(images, AugmentedImage(pre, batch_aug), batch_size, shuffle=True, seed=seed,
-                                workers=workers, sampler_factory=sampler_factory, augment=batch_aug)
-    tf = train_transform(pre, augment) if per_image else eval_transform(pre)
-    return StreamingBatches(images, tf, batch_size, shuffle=train, seed=seed, workers=workers,
-                            sampler_factory=sampler_factory)
-
-
-@dataclass
-class Feed:
-    """What a run's Trainer fits and evaluates instead of the defaults (the ``feed=`` hook of train/resume): a
-    network with the Classifier's state-dict keys and its train/val/test batch sources (compare's cached features).
-    """
-
-    net: nn.Module
-    train: Batches
-    val: Batches
-    test: Batches | None = None
 
 
 FeedFn = Callable[[Classifier, DataSplits, Preprocess, DataOptions, TrainConfig], Feed]
@@ -151,26 +113,11 @@ def train(data: Any = "builtin:shapes", model: str | None = None, head: str | No
     tcfg = distributed.per_rank_config(tcfg)
     seed_everything(tcfg.seed)
     set_deterministic(tcfg.deterministic)
-    filled, max_size = input_defaults(user)
-    splits, pre = prepare_data(split_options({"data": data, **filled})[0], tcfg.seed, preprocess, splits, max_size)
-    if preprocess is None:  # timm backbones: their pretrained config's size/mean/std where the user set none
-        pre = pretrained_preprocess(pre, model, options)
-    options, recipe = apply_recipe(filled, img_size=pre.img_size, n_train=len(splits.train),
-                                   batchnorm=has_batchnorm(user.get("model") or "gapcnn"))
-    dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
-    tcfg = distributed.per_rank_config(tcfg)
+    p = prepare_run(data, user, tcfg.seed, splits=splits, preprocess=preprocess, backbone_state=backbone_state)
+    splits, pre, dopts, mopts, net, recipe = p.splits, p.pre, p.dopts, p.mopts, p.net, p.recipe
+    tcfg = distributed.per_rank_config(p.tcfg)
     say = (lambda s: None) if tcfg.quiet else print
-    for note in splits.notes:
-        say(f"note: {note}")
-    net = create_model(mopts.model, mopts.head, len(splits.classes), in_channels=pre.channels, img_size=pre.img_size,
-                       dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze,
-                       verbose=not tcfg.quiet)
-    if backbone_state is not None:
-        net.backbone.load_state_dict(backbone_state)
-    mopts.freeze = check_folded_batchnorm(net, mopts.weights, user.get("freeze"), say)
     if tcfg.lr == "auto":
-        from .lr_find import resolve_auto_lr
-
         tcfg, recipe["lr_find"] = resolve_auto_lr(net, splits, pre, dopts, tcfg, say)
     path = distributed.broadcast(Path(out) if out else default_run_dir(mopts.model, mopts.head))  # rank 0's clock
     if (path / "checkpoint.pt").exists():
@@ -182,6 +129,46 @@ def train(data: Any = "builtin:shapes", model: str | None = None, head: str | No
     config["recipe"] = recipe  # which of the resolved options came from the recipe (and the LR finder's sweep)
     writer.json("config.json", config)
     return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config, feed=feed)
+
+
+@dataclass
+class Prepared:
+    """What a training command starts from: the splits and preprocessing, the option groups completed by the recipe
+    (``recipe``: which values it filled) and the network with its starting weights."""
+
+    splits: DataSplits
+    pre: Preprocess
+    dopts: DataOptions
+    mopts: ModelOptions
+    tcfg: TrainConfig
+    recipe: dict
+    net: Classifier
+
+
+def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataSplits | None = None,
+                preprocess: Preprocess | None = None,
+                backbone_state: dict[str, torch.Tensor] | None = None) -> Prepared:
+    """The one setup of ``train`` and ``lr_find``: the data, the input settings that follow from the model (native
+    size, the weights' normalisation, timm's pretrained config), the recipe, then the network (pretrained weights,
+    ``backbone_state`` if given, the folded-BatchNorm check). ``user``: the user's options, None for unset."""
+    filled, max_size = input_defaults(user)
+    splits, pre = prepare_data(split_options({"data": data, **filled})[0], seed, preprocess, splits, max_size)
+    if preprocess is None:  # timm backbones: their pretrained config's size/mean/std where the user set none
+        pre = pretrained_preprocess(pre, user.get("model"), user)
+    options, recipe = apply_recipe(filled, img_size=pre.img_size, n_train=len(splits.train),
+                                   batchnorm=has_batchnorm(user.get("model") or "gapcnn"),
+                                   base={"batch_size": TrainConfig.batch_size, "epochs": TrainConfig.epochs})
+    dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
+    say = (lambda s: None) if tcfg.quiet else print
+    for note in splits.notes:
+        say(f"note: {note}")
+    net = create_model(mopts.model, mopts.head, len(splits.classes), in_channels=pre.channels, img_size=pre.img_size,
+                       dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze,
+                       verbose=not tcfg.quiet)
+    if backbone_state is not None:
+        net.backbone.load_state_dict(backbone_state)
+    mopts.freeze = check_folded_batchnorm(net, mopts.weights, user.get("freeze"), say)
+    return Prepared(splits, pre, dopts, mopts, tcfg, recipe, net)
 
 
 def has_batchnorm(model: str) -> bool:
@@ -410,3 +397,43 @@ def evaluate(run: Run | str | Path, data: Any, *, split: str | None = None, out:
 
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s).strip("_")[-80:] or "eval"
+
+
+# -- the LR range test on the network and data a run would use (train/lr_find.py does the sweep) ----------------
+def resolve_auto_lr(net: Classifier, splits: DataSplits, pre: Preprocess, dopts: Any, tcfg: TrainConfig,
+                    say: Callable[[str], None] = print) -> tuple[TrainConfig, dict]:
+    """``--lr auto``: the sweep on the run's own training batches, and the configuration with its suggestion."""
+    probe = replace(tcfg, lr=1.0) if tcfg.lr == "auto" else tcfg
+    batches = make_batches(splits.train, pre, tcfg.batch_size, train=True, augment=dopts.augment, seed=tcfg.seed,
+                           workers=tcfg.workers, in_memory=dopts.in_memory, device=resolve_device(tcfg.device))
+    result = sweep(net, batches, replace(probe, backbone_lr=None), device=resolve_device(tcfg.device))
+    resolved = apply_suggestion(probe, result.suggestion)
+    say(f"lr-find: suggested lr {result.suggestion:.3g} ({len(result.lrs)} steps); training with lr {resolved.lr:.3g}"
+        + (f", backbone {resolved.backbone_lr:.3g}" if resolved.backbone_lr else "")
+        + (f", head-only epochs {resolved.freeze_lr:.3g}" if resolved.freeze_epochs else ""))
+    return resolved, result.to_dict()
+
+
+def lr_find(data: Any = "builtin:shapes", model: str | None = None, head: str | None = None, *,
+            out: str | Path | None = None, start_lr: float = START_LR, end_lr: float = END_LR, steps: int = STEPS,
+            **options: Any) -> LRFindResult:
+    """The LR range test for the network and data that ``gapvision.train(data, model, head, **options)`` would use;
+    writes ``lr_find.png`` (and ``lr_find.json``) into ``out`` when given. Nothing is trained for real."""
+    from .. import atomic
+
+    user = {"model": model, "head": head, **{k: v for k, v in options.items() if k != "lr"}}
+    seed = int(options.get("seed") or 0)
+    seed_everything(seed)
+    p = prepare_run(data, user, seed)
+    tcfg, device = p.tcfg, resolve_device(p.tcfg.device)
+    batches = make_batches(p.splits.train, p.pre, tcfg.batch_size, train=True, augment=p.dopts.augment, seed=tcfg.seed,
+                           workers=tcfg.workers, in_memory=p.dopts.in_memory, device=device)
+    result = sweep(p.net, batches, replace(tcfg, backbone_lr=None), start_lr=start_lr, end_lr=end_lr, steps=steps,
+                   device=device)
+    if out is not None:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        plot_lr_find(result, path / "lr_find.png")
+        result.plot = str(path / "lr_find.png")
+        atomic.write_json(path / "lr_find.json", {**result.to_dict(), "lrs": result.lrs, "losses": result.losses})
+    return result

@@ -87,7 +87,7 @@ def choose_recipe(options: dict[str, Any], img_size: int) -> str:
     """
     name = options.get("recipe") or "auto"
     if name == "auto":
-        if any(options.get(k) is not None for k in HYPERPARAMETERS):
+        if any(options.get(k) is not None and options.get(k) != "auto" for k in HYPERPARAMETERS):  # --lr auto: not set
             return "none"
         if options.get("weights"):
             return "transfer"
@@ -117,16 +117,18 @@ def recipe_values(name: str, n_train: int, device: str = "auto", batch_size: int
     return values
 
 
-def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int,
-                 batchnorm: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int, batchnorm: bool = True,
+                 base: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``options`` (the user's; None = unset) completed by the recipe that applies, and a note for config.json:
     ``{"name": ..., "from_recipe": [option names filled by the recipe]}``; without a recipe the plain defaults that
     depend on the data and the network (:func:`plain_values`, listed as ``from_defaults``). ``batchnorm``: whether
-    the network has normalisation layers."""
+    the network has normalisation layers; ``base``: TrainConfig's defaults (batch_size, epochs)."""
     name = choose_recipe(options, img_size)
     given = {k: v for k, v in options.items() if v is not None}
     if name == "none":
-        defaults = {k: v for k, v in plain_values(n_train, batchnorm).items() if k not in given}
+        base = base or {}
+        plain = plain_values(n_train, batchnorm, base.get("batch_size", 64), base.get("epochs", 10))
+        defaults = {k: v for k, v in plain.items() if k not in given}
         return {**defaults, **given, "recipe": "none"}, {"name": "none", "from_recipe": [],
                                                          "from_defaults": sorted(defaults)}
     values = recipe_values(name, n_train, str(given.get("device", "auto")), given.get("batch_size"))
@@ -134,19 +136,17 @@ def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int,
     return {**filled, **given, "recipe": name}, {"name": name, "from_recipe": sorted(filled)}
 
 
-def plain_values(n_train: int, batchnorm: bool = True) -> dict[str, Any]:
-    """The plain defaults that follow from the data and the network (TrainConfig's own are for mid-sized data):
+def plain_values(n_train: int, batchnorm: bool = True, base_batch: int = 64, base_epochs: int = 10) -> dict[str, Any]:
+    """The plain defaults that follow from the data and the network (TrainConfig's own, ``base_batch`` and
+    ``base_epochs``, are for mid-sized data):
     a small training set gets a smaller batch (the power of two nearest n_train / 16, 16 to 64) and the epochs for at
     least PLAIN_MIN_STEPS steps; a network without BatchNorm gets NO_BN_LR (measured: bench/backbones.py)."""
-    from .config import TrainConfig  # config.py reads this module's recipe names
-
-    defaults = TrainConfig()
     values: dict[str, Any] = {}
-    bs = int(min(defaults.batch_size, max(16, 2 ** round(math.log2(max(1, n_train) / 16)))))
-    if bs != defaults.batch_size:
+    bs = int(min(base_batch, max(16, 2 ** round(math.log2(max(1, n_train) / 16)))))
+    if bs != base_batch:
         values["batch_size"] = bs
-    epochs = max(defaults.epochs, math.ceil(PLAIN_MIN_STEPS / max(1, math.ceil(n_train / bs))))
-    if epochs != defaults.epochs:
+    epochs = max(base_epochs, math.ceil(PLAIN_MIN_STEPS / max(1, math.ceil(n_train / bs))))
+    if epochs != base_epochs:
         values["epochs"] = min(epochs, PLAIN_MAX_EPOCHS)
     if not batchnorm:
         values["lr"] = NO_BN_LR
