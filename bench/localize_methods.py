@@ -37,7 +37,8 @@ def main() -> None:
         path = Path("runs/bench-demo")
         run = gv.load_run(path) if (path / "model.safetensors").exists() else run_demo(path, quiet=True)
     data = f"builtin:shapes-scenes?n={a.scenes}"
-    rows = []
+    out = Path(__file__).parent / "results" / f"localize_methods-{time.strftime('%Y%m%d-%H%M')}.json"
+    rows: list[dict] = []
     print(f"{'method':<10} {'precision':>9} {'recall':>7} {'F1':>6} {'mean IoU':>9} {'AP@0.5':>7} {'s/image':>8}")
     for method in a.methods.split(","):
         start = time.perf_counter()
@@ -48,8 +49,8 @@ def main() -> None:
                      "seconds_per_image": round(per_image, 4)})
         print(f"{method:<10} {m['presence_precision']:>9.3f} {m['presence_recall']:>7.3f} {m['presence_f1']:>6.3f} "
               f"{m['mean_iou']:>9.3f} {m['ap50']:>7.3f} {per_image:>8.3f}", flush=True)
-    out = Path(__file__).parent / "results" / f"localize_methods-{time.strftime('%Y%m%d-%H%M')}.json"
-    out.write_text(json.dumps({"run": str(run.path), "data": data, "torch_threads": a.threads, "rows": rows}, indent=1))
+        out.write_text(json.dumps({"run": str(run.path), "data": data, "torch_threads": a.threads, "rows": rows},
+                                  indent=1))  # after every method: a long method cut short keeps the others
     print(f"written to {out}")
 
 
