@@ -39,7 +39,10 @@ def test_explicit_options_always_win_and_the_note_lists_what_the_recipe_filled()
     assert opts["optimizer"] == "sgd" and opts["tta"] == "flip" and opts["recipe"] == "fast"
     assert note == {"name": "fast", "from_recipe": sorted(set(FAST) - {"model", "epochs", "lr"})}
     opts, note = apply_recipe({"lr": 0.1, "model": None}, img_size=32, n_train=100)
-    assert opts == {"lr": 0.1, "recipe": "none"} and note["from_recipe"] == []
+    # no recipe: the user's options, and the plain defaults that follow from the data (a small set: a smaller batch
+    # and the epochs for PLAIN_MIN_STEPS steps; see test_transfer.py)
+    assert opts == {"lr": 0.1, "recipe": "none", "batch_size": 16, "epochs": 29} and note["from_recipe"] == []
+    assert note["from_defaults"] == ["batch_size", "epochs"]
 
 
 def test_recipe_scales_batch_lr_and_epochs_to_the_data(monkeypatch):
@@ -69,7 +72,9 @@ def test_train_records_the_resolved_recipe_in_config(tmp_path):
 
     plain = train(TINY, out=tmp_path / "plain", optimizer="adam", **QUICK)  # a hyperparameter: no recipe
     cfg = json.loads((plain.path / "config.json").read_text())
-    assert cfg["recipe"] == {"name": "none", "from_recipe": []} and cfg["train"]["recipe"] == "none"
+    assert cfg["recipe"]["name"] == "none" and cfg["recipe"]["from_recipe"] == [] and cfg["train"]["recipe"] == "none"
+    assert cfg["recipe"]["from_defaults"] == ["batch_size", "lr"]  # a small set; gapcnn has no BatchNorm
+    assert cfg["train"]["lr"] == recipes.NO_BN_LR["adam"]  # the lr that goes with the user's optimiser
     assert cfg["model"]["model"] == "gapcnn" and cfg["train"]["ema"] == 0.0 and cfg["train"]["tta"] == "off"
 
 
