@@ -207,3 +207,12 @@ def test_a_run_that_does_not_learn_says_so_and_one_that_learns_does_not(tmp_path
     assert stuck.metrics["status"] == "finished" and len(stuck.history) == 3  # training went on
     learns = train((x, y), lr=0.05, out=tmp_path / "ok", quiet=True, **common)
     assert learns.metrics["warnings"] == [] and learns.metrics["best_val_acc"] > 0.9
+
+
+def test_reading_the_models_input_defaults_leaves_the_random_state_alone():
+    torch.manual_seed(0)
+    a = create_model("fastnet_s", "gap", 4, img_size=32)
+    torch.manual_seed(0)
+    native_input("fastnet_s")  # builds the backbone once to read it
+    b = create_model("fastnet_s", "gap", 4, img_size=32)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -161,8 +161,15 @@ def _first_conv_key(module: nn.Module) -> str:
 
 def native_input(name: str) -> tuple[int, str]:
     """The native input side of backbone ``name`` and the normalisation its pretrained weights expect."""
-    backbone = create_backbone(name)
+    backbone = probe_backbone(name)
     return backbone.native_size, backbone.tv_normalize
+
+
+def probe_backbone(name: str) -> Backbone:
+    """Backbone ``name`` built only to read its attributes: the global random state is left as it was, so the
+    network that training builds next starts from the same weights as if nothing had been probed."""
+    with torch.random.fork_rng(devices=[]):
+        return create_backbone(name)
 
 
 def init_without_bn(backbone: Backbone) -> Backbone:

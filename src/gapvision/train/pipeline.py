@@ -173,10 +173,10 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
 
 def has_batchnorm(model: str) -> bool:
     """Whether backbone ``model`` has normalisation layers (the plain defaults' lr depends on it)."""
-    from ..models.backbones import create_backbone
+    from ..models.backbones import probe_backbone
 
     norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)  # torchvision's LayerNorm2d too
-    return any(isinstance(m, norms) for m in create_backbone(model).modules())
+    return any(isinstance(m, norms) for m in probe_backbone(model).modules())
 
 
 def check_folded_batchnorm(net: Classifier, weights: str | None, user_freeze: str | None,
