@@ -3,6 +3,8 @@
 
 Sources:
   * ``DIR`` -- one sub-folder per class; or ``DIR/train``, ``DIR/val`` and/or ``DIR/test`` each holding class folders.
+  * ``DIR`` with ``annotations/*.xml`` (Pascal VOC) or ``FILE.json`` (COCO) -- images with ground-truth boxes
+    (:mod:`.boxes`; ``ImageSet.boxes``), for localisation evaluation and calibration; they train as class folders.
   * ``FILE.csv`` / ``FILE.tsv`` -- a manifest with a header row: image path, label (first two columns by default).
   * ``builtin:shapes`` / ``builtin:digits`` / ``builtin:shapes-scenes`` -- offline procedural data (options after
     ``?``, e.g. ``builtin:shapes?n=2000&size=64``). shapes: 4 classes, ``n`` = 1600 train images of ``size`` = 64 px,
@@ -31,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, DataError
-from . import builtin
+from . import boxes, builtin
 from .images import IMAGE_EXTENSIONS, is_grayscale, is_image_file, open_image
 from .imageset import DataSplits, ImageSet
 from .transforms import Preprocess, mean_std, preset_stats, to_uint8
@@ -261,10 +263,14 @@ def resolve_preprocess(
 def _find(spec: str, opts: LoadOptions) -> Found:
     path = Path(spec).expanduser()
     if path.is_dir():
+        if boxes.find_annotation_dir(path) is not None:
+            return _annotated(*boxes.load_voc(path))
         return _folder_source(path, opts)
     if path.is_file():
         if path.suffix.lower() in MANIFEST_EXTENSIONS:
             return _manifest_source(path, opts)
+        if path.suffix.lower() == ".json":
+            return _annotated(*boxes.load_coco(path, opts.image_root))
         if is_image_file(path) and not opts.require_labels:
             return Found({"all": _unlabeled([str(path)])}, [])
         raise DataError(f"{spec} is a file but not a .csv/.tsv manifest: pass a folder, a manifest or builtin:shapes")
@@ -277,6 +283,11 @@ def _find(spec: str, opts: LoadOptions) -> Found:
                         f"or one of {known}")
     raise DataError(f"data {spec} not found: pass a folder with one sub-folder per class, a .csv/.tsv manifest, "
                     f"or one of {known} (e.g. builtin:shapes)")
+
+
+def _annotated(imgs: ImageSet, notes: list[str]) -> Found:
+    """A VOC folder or COCO file (see :mod:`.boxes`): one set with ground-truth boxes."""
+    return Found({"all": imgs}, list(imgs.classes), notes)
 
 
 def _make_splits(found: Found, opts: LoadOptions, source: str) -> DataSplits:
@@ -353,6 +364,12 @@ def _map_to_classes(imgs: ImageSet, classes: Sequence[str], source: str) -> Imag
                         f"(model classes: {', '.join(classes)})")
     out = imgs.subset(range(len(imgs)))
     out.labels = np.array([index[imgs.classes[l]] for l in imgs.labels.tolist()], dtype=np.int64)
+    if out.boxes is not None:
+        unknown = sorted({imgs.classes[k] for objs in out.boxes for k, _ in objs} - set(index))
+        if unknown:
+            raise DataError(f"boxes in {source} of classes the model does not know: {', '.join(map(repr, unknown))} "
+                            f"(model classes: {', '.join(classes)})")
+        out.boxes = [[(index[imgs.classes[k]], box) for k, box in objs] for objs in out.boxes]
     out.classes = classes
     return out
 
