@@ -11,7 +11,8 @@ Sources:
     ``val`` = n * val_split / (1 - val_split) (400) and ``test`` = n // 4 (400), each split drawn with its own seed
     derived from ``seed`` (a small CNN reaches ~99 % in a few epochs). digits: scikit-learn's 1797 digits at
     ``size`` = 32 px, a stratified ``test`` = 0.2 split, then val_split of the rest. shapes-scenes (load_images only):
-    ``n`` = 200 scenes of ``size`` = 128 px with 1-3 objects each, the pixel scale of 64 px shapes.
+    ``n`` = 200 scenes of ``size`` = 128 px with 1-3 objects each, the pixel scale of 64 px shapes (``seed=1``: other
+    scenes, e.g. to calibrate on).
   * ``torchvision:NAME`` -- MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100, SVHN, FakeData.
   * ``(x, y)`` arrays from Python -- see :func:`load_arrays`.
 
@@ -41,7 +42,7 @@ from .transforms import Preprocess, mean_std, preset_stats, to_uint8
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 MANIFEST_EXTENSIONS = (".csv", ".tsv", ".txt")
 SHAPES_DEFAULTS = {"n": 1600, "size": 64}  # + val = n * val_split / (1 - val_split) (400), test = n // 4 (400)
-SCENES_DEFAULTS = {"n": 200, "size": 128, "min_objects": 1, "max_objects": 3}
+SCENES_DEFAULTS = {"n": 200, "size": 128, "min_objects": 1, "max_objects": 3, "seed": -1}  # seed -1: --seed
 DIGITS_DEFAULTS = {"size": 32, "test": 0.2}
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100", "SVHN", "FakeData")
 _SKIP_HINT = "fix or remove it, or pass --skip-bad"
@@ -721,7 +722,8 @@ def _builtin_source(rest: str, opts: LoadOptions) -> Found:
             raise DataError(f"{spec} is a localisation test set (several shapes per image): train on builtin:shapes "
                             f"and evaluate or localise on {spec}")
         _, o = _parse_options(rest, SCENES_DEFAULTS, spec)
-        scenes = load_scenes(seed=opts.seed, **o)
+        seed = o.pop("seed")
+        scenes = load_scenes(seed=opts.seed if seed < 0 else seed, **o)
         return Found({"all": scenes}, list(builtin.SHAPE_CLASSES))
     raise DataError(f"unknown builtin data {spec!r}: choose builtin:shapes, builtin:digits or builtin:shapes-scenes")
 
