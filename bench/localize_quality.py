@@ -115,6 +115,7 @@ def main() -> None:
 
         torch.set_num_threads(a.threads)
     result: dict = {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path = ROOT / "bench" / "results" / f"localize_quality-{time.strftime('%Y%m%d-%H%M')}.json"
     if a.part in ("all", "boxes"):
         if not BOXES.is_dir():
             raise SystemExit(f"{BOXES} not found (set GAPVISION_SHARED)")
@@ -123,12 +124,12 @@ def main() -> None:
         result["boxes_dev"] = {"run": str(run), **measure(run, str(BOXES), "val", str(BOXES), "train",
                                                            a.calibrate_images)}
         print(table(result["boxes_dev"]))
+        atomic.write_json(path, result)  # each part is kept as soon as it is measured
     if a.part in ("all", "scenes"):
         run = demo_run(a)
         print(f"shapes scenes, run {run}: calibrate on {SCENES_CALIBRATION}, evaluate on {SCENES}")
         result["shapes_scenes"] = {"run": str(run), **measure(run, SCENES, "all", SCENES_CALIBRATION, "all", 40)}
         print(table(result["shapes_scenes"]))
-    path = ROOT / "bench" / "results" / f"localize_quality-{time.strftime('%Y%m%d-%H%M')}.json"
     atomic.write_json(path, result)
     print(f"written to {path.relative_to(ROOT)}")
 

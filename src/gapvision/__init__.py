@@ -20,10 +20,12 @@ from .train.pipeline import evaluate, resume, train  # noqa: E402
 from .compare import compare  # noqa: E402  (the function; gapvision.compare.* modules stay importable)
 from .export import export  # noqa: E402
 from .localize import localize, to_fcn  # noqa: E402
+from .localize import calibrate as calibrate_localization, evaluate_localization  # noqa: E402
 from .report import report  # noqa: E402
 
 __all__ = [
-    "ConfigError", "DataError", "GapvisionError", "Run", "compare", "create_model", "evaluate", "export",
+    "ConfigError", "DataError", "GapvisionError", "Run", "calibrate_localization", "compare", "create_model",
+    "evaluate", "evaluate_localization", "export",
     "inspect_data", "load_arrays", "load_data", "load_images", "load_run", "localize", "report", "resume", "summarize",
     "to_fcn", "train", "__version__",
 ]

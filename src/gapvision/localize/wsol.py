@@ -7,7 +7,8 @@ class's ground-truth boxes in image pixels (top-1 localisation uses the true cla
 * **MaxBoxAccV2** (:func:`max_box_acc`): for each threshold t of a sweep over [0, 1) (step 0.01) every connected
   region of ``map >= t`` gives a box; an image counts at IoU level d when its best box (over all regions and all
   ground-truth boxes) has IoU >= d. BoxAcc(d) is the best fraction over the sweep; MaxBoxAccV2 the mean of
-  BoxAcc(0.3), BoxAcc(0.5) and BoxAcc(0.7).
+  BoxAcc(0.3), BoxAcc(0.5) and BoxAcc(0.7). The sweep runs on the map area-averaged to 64 px a side
+  (:func:`sweep_map`); wsolevaluation uses 224 px maps and ``map > t`` where this uses ``map >= t``.
 * **GT-known localisation** (CorLoc) and **top-1 localisation** (:func:`loc_accuracy`) at one operating point
   (threshold t, box rule): the first box of the true class's map (GT-known), or of the predicted class's map with
   the class right (top-1), has IoU >= 0.5 with a ground-truth box of the class.
