@@ -42,7 +42,7 @@ def boxes_run(a: argparse.Namespace) -> Path:
     if a.boxes_run:
         return Path(a.boxes_run)
     out = Path(a.work) / "boxes-dev-gap"
-    if not (out / "model.safetensors").exists():
+    if not (out / "metrics.json").exists():  # a finished run (an interrupted one has weights but no metrics)
         from gapvision.train.pipeline import train
 
         opts = dict(BOXES_TRAIN)
@@ -54,7 +54,7 @@ def demo_run(a: argparse.Namespace) -> Path:
     if a.demo_run:
         return Path(a.demo_run)
     out = Path(a.work) / "demo"
-    if not (out / "model.safetensors").exists():
+    if not (out / "metrics.json").exists():  # a finished run (an interrupted one has weights but no metrics)
         from gapvision.demo import run_demo
 
         run_demo(out, quiet=True)
