@@ -10,8 +10,12 @@ Three timings on the same input, interleaved per repeat so that load from other 
                  probabilities for every class (what ``gapvision localize --method fcn`` computes per image);
   * localize  -- the whole per-image pipeline after decoding: class maps, candidate selection, upsampling of the
                  candidates, regions, boxes and NMS.
-It prints the median of each and the ratios to ``forward`` (the target is maps/forward <= 1.5). Latency does not
-depend on the weights' values, so no download or training is needed.
+  * multiscale -- ``Localizer(run, scales=(1, 1.5, 2))`` on the 1024 x 768 picture: the class decision at the
+                 training size, the maps at 1, 1.5 and 2 times it fused, boxes (what a calibrated run does by default).
+  * default   -- ``Localizer(run)`` on the picture: the run's calibrated settings when it has a localize.json,
+                 else the native-resolution fcn pipeline (with its resizing and decoding-free input).
+It prints the median of each and the ratios to ``forward`` (targets: maps/forward <= 1.5, default and multiscale
+<= 3). Latency does not depend on the weights' values, so no download or training is needed.
 """
 from __future__ import annotations
 
@@ -20,9 +24,11 @@ import statistics
 import time
 
 import torch
+from PIL import Image
 
 from gapvision.data.transforms import Preprocess
 from gapvision.localize import Localizer, class_maps
+from gapvision.localize.multiscale import DEFAULT_SCALES
 from gapvision.models import create_model
 from gapvision.runs import Run, load_run
 
@@ -64,6 +70,9 @@ def main() -> None:
     net = run.model.to(loc.device).eval()
     x = torch.randn(1, run.preprocess.channels, a.height, a.width, device=loc.device)
     image = (torch.rand(run.preprocess.channels, a.height, a.width) * 255).to(torch.uint8)
+    picture = Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy())
+    multi = Localizer(run, method="cam", scales=DEFAULT_SCALES, calibration=False)
+    default = Localizer(run)
 
     def forward() -> None:
         with torch.inference_mode():
@@ -76,20 +85,29 @@ def main() -> None:
         with torch.inference_mode():
             loc._run_batch([(image, (a.width, a.height), "bench")])
 
-    for fn in (forward, maps, pipeline):  # warm-up
+    def multiscale() -> None:
+        multi([picture])
+
+    def calibrated_default() -> None:
+        default([picture])
+
+    runs = {"forward": forward, "maps": maps, "localize": pipeline, "multiscale": multiscale,
+            "default": calibrated_default}
+    for fn in runs.values():  # warm-up
         fn()
-    times: dict[str, list[float]] = {"forward": [], "maps": [], "localize": []}
+    times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(a.repeats):
-        times["forward"].append(timed(forward))
-        times["maps"].append(timed(maps))
-        times["localize"].append(timed(pipeline))
+        for k, fn in runs.items():
+            times[k].append(timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     name = run.path or f"{a.model} ({a.classes} classes, random weights)"
     print(f"{name} at {a.width}x{a.height} on {loc.device}, {torch.get_num_threads()} threads, "
           f"median of {a.repeats}:")
     for k, v in med.items():
         print(f"  {k:<9} {v * 1000:8.1f} ms   {v / med['forward']:.2f}x forward")
-    print(f"class maps / forward = {med['maps'] / med['forward']:.2f} (target <= 1.5)")
+    print(f"class maps / forward = {med['maps'] / med['forward']:.2f} (target <= 1.5); default localize / forward = "
+          f"{med['default'] / med['forward']:.2f}, multi-scale {med['multiscale'] / med['forward']:.2f} (target <= 3)"
+          + (" [calibrated]" if default.calibration else " [not calibrated]"))
 
 
 if __name__ == "__main__":

@@ -237,8 +237,10 @@ def test_background_is_no_class_and_topk_and_min_score_filter():
     assert res["detections"] == [] and res["classes"] == []
     (res,) = localize(colour_model(), [two_squares()], classes=COLOUR_CLASSES, preprocess=COLOUR_PRE, topk=1)
     assert [c["label"] for c in res["classes"]] == ["red"]
+    # no region reaches probability 1.0, but the class the classifier is confident about (red, image-level 0.75)
+    # still gets its box: never "nothing" (the green rectangle, image-level 0.2, gets none)
     (res,) = localize(colour_model(), [two_squares()], classes=COLOUR_CLASSES, preprocess=COLOUR_PRE, min_score=1.0)
-    assert res["detections"] == []
+    assert by_label(res) == {"red": [10.0, 5.0, 30.0, 25.0]}
 
 
 @pytest.mark.parametrize("method", ["cam", "gradcam"])
@@ -389,3 +391,22 @@ def test_two_dogs_get_a_box_each_in_pets_jpg(shared_dir, tmp_path):
     centres = [(d["box"][0] + d["box"][2]) / 2 for d in dogs]
     assert any(c < width / 2 for c in centres) and any(c > width / 2 for c in centres), res["detections"]
     assert res["stride"] == 32 and res["size"] == [512, 430]
+
+
+def test_cli_calibrate_then_evaluate_prints_the_baselines(shapes_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(shapes_run, run)
+    assert main(["localize", str(run), "--calibrate", "builtin:shapes-scenes?n=8&size=64&seed=1", "--split", "all",
+                 "--images", "8", "--method", "cam", "--scales", "1,2"]) == 0
+    assert "saved in" in capsys.readouterr().out
+    saved = json.loads((run / "localize.json").read_text())
+    assert saved["method"] == "cam" and saved["methods"]["cam"]["scales"] == [1.0, 2.0]
+    assert main(["localize", str(run), "--evaluate", "builtin:shapes-scenes?n=8&size=64", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cam" in out and "calibrated" in out and "centre 80%" in out and "MaxBoxAccV2" in out
+    m = json.loads((tmp_path / "evaluation.json").read_text())
+    assert m["calibrated"] and m["operating_point"]["rule"] == saved["methods"]["cam"]["rule"]
+    assert main(["localize", str(run), "--calibrate", "builtin:shapes-scenes?n=8&size=64", "--split", "sideways"]) == 2
+    assert "--split" in capsys.readouterr().err

@@ -23,10 +23,12 @@ lazy_package(__name__, {
     "evaluate": ".train.pipeline", "resume": ".train.pipeline", "train": ".train.pipeline",
     "lr_find": ".train.pipeline",
     "compare": ".compare", "export": ".export", "localize": ".localize", "to_fcn": ".localize", "report": ".report",
+    "evaluate_localization": ".localize", "calibrate_localization": ".localize",
 })
 
 __all__ = [
-    "ConfigError", "DataError", "GapvisionError", "Predictor", "Run", "compare", "create_model", "evaluate", "export",
+    "ConfigError", "DataError", "GapvisionError", "Predictor", "Run", "calibrate_localization", "compare",
+    "create_model", "evaluate", "evaluate_localization", "export",
     "inspect_data", "load_arrays", "load_data", "load_images", "load_run", "localize", "lr_find", "report", "resume",
     "summarize",
     "to_fcn", "train", "__version__",

@@ -113,6 +113,11 @@ def metadata(run: Run, net: nn.Module, fcn: bool) -> dict[str, str]:
         meta["reduction"] = str(getattr(net, "reduction", ""))
         meta["output_description"] = ("N x K x h x w logit maps (softmax over K gives per-location class "
                                       "probabilities); image logits = spatial mean for gap/avgmax/catavgmax/conv heads")
+        from .localize.calibrate import read_calibration
+
+        saved = read_calibration(run)
+        if saved is not None:  # the operating point chosen by `gapvision localize RUN --calibrate DATA`
+            meta["localize"] = json.dumps(saved)
     else:
         meta["output_description"] = "N x K logits (softmax over K gives class probabilities)"
     return meta
@@ -202,7 +207,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         raw = json.loads(extra[TS_METADATA] or "{}")
     out: dict[str, Any] = dict(raw)
-    for key in ("classes", "preprocess", "model"):
+    for key in ("classes", "preprocess", "model", "localize"):
         if key in out:
             out[key] = json.loads(out[key])
     return out

@@ -101,6 +101,20 @@ def to_pil(im: "str | os.PathLike | Image.Image | np.ndarray") -> Image.Image:
     return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file as :func:`open_image` returns it (EXIF rotation applied), from its header
+    only; a DataError naming the file when it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise DataError(f"image {path} not found: fix the path or remove it from the data") from None
+    except Exception as e:  # noqa: BLE001 - any failure here is a bad file, reported in one line
+        raise DataError(f"image {path} is unreadable ({type(e).__name__}: {e}): {_HINT}") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 def _bomb(path: Path, w: int, h: int, limit: int) -> DataError:
     return ImageTooLarge(
         f"image {path} is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} (decompression bomb?): "

@@ -3,13 +3,16 @@
 
 Sources:
   * ``DIR`` -- one sub-folder per class; or ``DIR/train``, ``DIR/val`` and/or ``DIR/test`` each holding class folders.
+  * ``DIR`` with ``annotations/*.xml`` (Pascal VOC) or ``FILE.json`` (COCO) -- images with ground-truth boxes
+    (:mod:`.boxes`; ``ImageSet.boxes``), for localisation evaluation and calibration; they train as class folders.
   * ``FILE.csv`` / ``FILE.tsv`` -- a manifest with a header row: image path, label (first two columns by default).
   * ``builtin:shapes`` / ``builtin:digits`` / ``builtin:shapes-scenes`` -- offline procedural data (options after
     ``?``, e.g. ``builtin:shapes?n=2000&size=64``). shapes: 4 classes, ``n`` = 1600 train images of ``size`` = 64 px,
     ``val`` = n * val_split / (1 - val_split) (400) and ``test`` = n // 4 (400), each split drawn with its own seed
     derived from ``seed`` (a small CNN reaches ~99 % in a few epochs). digits: scikit-learn's 1797 digits at
     ``size`` = 32 px, a stratified ``test`` = 0.2 split, then val_split of the rest. shapes-scenes (load_images only):
-    ``n`` = 200 scenes of ``size`` = 128 px with 1-3 objects each, the pixel scale of 64 px shapes.
+    ``n`` = 200 scenes of ``size`` = 128 px with 1-3 objects each, the pixel scale of 64 px shapes (``seed=1``: other
+    scenes, e.g. to calibrate on).
   * ``torchvision:NAME`` -- MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100, SVHN, FakeData.
   * ``(x, y)`` arrays from Python -- see :func:`load_arrays`.
 
@@ -31,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, DataError
-from . import builtin
+from . import boxes, builtin
 from .files import is_hidden, walk
 from .images import IMAGE_EXTENSIONS, is_grayscale, is_image_file, open_image
 from .imageset import DataSplits, ImageSet
@@ -40,7 +43,7 @@ from .transforms import Preprocess, mean_std, preset_stats, to_uint8
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 MANIFEST_EXTENSIONS = (".csv", ".tsv", ".txt")
 SHAPES_DEFAULTS = {"n": 1600, "size": 64}  # + val = n * val_split / (1 - val_split) (400), test = n // 4 (400)
-SCENES_DEFAULTS = {"n": 200, "size": 128, "min_objects": 1, "max_objects": 3}
+SCENES_DEFAULTS = {"n": 200, "size": 128, "min_objects": 1, "max_objects": 3, "seed": -1}  # seed -1: --seed
 DIGITS_DEFAULTS = {"size": 32, "test": 0.2}
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100", "SVHN", "FakeData")
 _SKIP_HINT = "fix or remove it, or pass --skip-bad"
@@ -263,10 +266,14 @@ def resolve_preprocess(
 def _find(spec: str, opts: LoadOptions) -> Found:
     path = Path(spec).expanduser()
     if path.is_dir():
+        if boxes.find_annotation_dir(path) is not None:
+            return _annotated(*boxes.load_voc(path))
         return _folder_source(path, opts)
     if path.is_file():
         if path.suffix.lower() in MANIFEST_EXTENSIONS:
             return _manifest_source(path, opts)
+        if path.suffix.lower() == ".json":
+            return _annotated(*boxes.load_coco(path, opts.image_root))
         if is_image_file(path) and not opts.require_labels:
             return Found({"all": _unlabeled([str(path)])}, [])
         raise DataError(f"{spec} is a file but not a .csv/.tsv manifest: pass a folder, a manifest or builtin:shapes")
@@ -279,6 +286,11 @@ def _find(spec: str, opts: LoadOptions) -> Found:
                         f"or one of {known}")
     raise DataError(f"data {spec} not found: pass a folder with one sub-folder per class, a .csv/.tsv manifest, "
                     f"or one of {known} (e.g. builtin:shapes)")
+
+
+def _annotated(imgs: ImageSet, notes: list[str]) -> Found:
+    """A VOC folder or COCO file (see :mod:`.boxes`): one set with ground-truth boxes."""
+    return Found({"all": imgs}, list(imgs.classes), notes)
 
 
 def _make_splits(found: Found, opts: LoadOptions, source: str) -> DataSplits:
@@ -355,6 +367,12 @@ def _map_to_classes(imgs: ImageSet, classes: Sequence[str], source: str) -> Imag
                         f"(model classes: {', '.join(classes)})")
     out = imgs.subset(range(len(imgs)))
     out.labels = np.array([index[imgs.classes[l]] for l in imgs.labels.tolist()], dtype=np.int64)
+    if out.boxes is not None:
+        unknown = sorted({imgs.classes[k] for objs in out.boxes for k, _ in objs} - set(index))
+        if unknown:
+            raise DataError(f"boxes in {source} of classes the model does not know: {', '.join(map(repr, unknown))} "
+                            f"(model classes: {', '.join(classes)})")
+        out.boxes = [[(index[imgs.classes[k]], box) for k, box in objs] for objs in out.boxes]
     out.classes = classes
     return out
 
@@ -698,7 +716,8 @@ def _builtin_source(rest: str, opts: LoadOptions) -> Found:
             raise DataError(f"{spec} is a localisation test set (several shapes per image): train on builtin:shapes "
                             f"and evaluate or localise on {spec}")
         _, o = _parse_options(rest, SCENES_DEFAULTS, spec)
-        scenes = load_scenes(seed=opts.seed, **o)
+        seed = o.pop("seed")
+        scenes = load_scenes(seed=opts.seed if seed < 0 else seed, **o)
         return Found({"all": scenes}, list(builtin.SHAPE_CLASSES))
     raise DataError(f"unknown builtin data {spec!r}: choose builtin:shapes, builtin:digits or builtin:shapes-scenes")
 

@@ -13,8 +13,12 @@ lazy_package(__name__, {
     "otsu_threshold": ".boxes", "rank_classes": ".boxes", "ClassMaps": ".cam", "cam": ".cam", "class_maps": ".cam",
     "grad_cam": ".cam", "normalize_maps": ".cam", "upsample": ".cam", "evaluate_scenes": ".evaluate",
     "score_detections": ".evaluate", "FCN": ".fcn", "to_fcn": ".fcn",
+    "calibrate": ".evaluate", "evaluate_localization": ".evaluate", "calibrate_localization": ".evaluate",
+    "ClassHeat": ".multiscale", "class_heat": ".multiscale", "Sample": ".wsol", "heat_boxes": ".wsol",
+    "max_box_acc": ".wsol",
 })
 
-__all__ = ["FCN", "ClassMaps", "Detection", "Localization", "Localizer", "Threshold", "as_run", "cam", "class_maps",
-           "component_boxes", "evaluate_scenes", "grad_cam", "localize", "nms_per_class", "normalize_maps",
+__all__ = ["FCN", "ClassHeat", "ClassMaps", "Detection", "Localization", "Localizer", "Sample", "Threshold", "as_run",
+           "calibrate", "cam", "class_heat", "class_maps", "component_boxes", "evaluate_localization", "evaluate_scenes",
+           "heat_boxes", "max_box_acc", "grad_cam", "localize", "nms_per_class", "normalize_maps",
            "otsu_threshold", "rank_classes", "score_detections", "stream_camera", "to_fcn", "upsample"]

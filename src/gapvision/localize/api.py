@@ -37,23 +37,21 @@ from ..choices import LOCALIZE_METHODS
 from ..data.transforms import Preprocess, normalize, to_uint8
 from ..errors import ConfigError, GapvisionError
 from ..runs import Run, load_run, to_pil
-from .boxes import (
-    Detection,
-    Threshold,
-    component_boxes,
-    nms_per_class,
-    rank_classes,
-    region_boxes,
-)
+from .boxes import Detection, Threshold, component_boxes, nms_per_class, rank_classes, region_boxes
 from .cam import background_reference, class_maps, normalize_maps, upsample
 from .gradcam_lib import LIBRARY_METHODS, explain
+from .multiscale import localize_multiscale, parse_scales
 from .results import LocalizeResults
 from .video import is_video, read_frames
+from .wsol import RULES, heat_boxes, unit_range
 
 METHODS = LOCALIZE_METHODS
 DEFAULT_THRESHOLD = {"fcn": "50%", "cam": "50%", "gradcam": "50%", **{m: "50%" for m in LIBRARY_METHODS}}
 BACKGROUNDS = ("blank", "none")
 DEFAULT_MIN_SCORE = {"fcn": 0.9, "cam": 0.2, "gradcam": 0.2, **{m: 0.2 for m in LIBRARY_METHODS}}
+MULTISCALE_MIN_SCORE = 0.5  # class probability at the training size (multi-scale path, uncalibrated)
+DEFAULT_RULE = "largest"  # box rule of the multi-scale path and the never-empty fallback (uncalibrated)
+CONFIDENT = 0.5  # a top-1 class at least this probable always gets a box
 
 
 @dataclass
@@ -117,12 +115,32 @@ class Localizer:
     before the network (object sizes should match the training images'); ``max_side``: shrink larger images so that
     their longer side is at most this; ``min_area``: regions smaller than this many network-input pixels are noise
     (default: one class-map cell, stride x stride).
+
+    ``scales`` (factors of the training size, e.g. ``(1, 1.5, 2)``) switches to multi-scale maps
+    (:mod:`.multiscale`): the classes decided at the training size (the top-1 class always, others at or above
+    ``min_score``), each boxed on its fused [0, 1] map by ``rule`` (``all``, ``largest``, ``union``) at
+    ``threshold``. A run calibrated with ``--calibrate`` (``localize.json``) uses its saved method, scales, rule,
+    threshold and presence score for what is not given (``calibration=False`` ignores the file). Whatever the
+    settings, the class the classifier is confident about gets at least one box.
     """
 
-    def __init__(self, run: Run, *, method: str = "fcn", threshold: str | float | Threshold | None = None,
+    def __init__(self, run: Run, *, method: str | None = None, threshold: str | float | Threshold | None = None,
                  topk: int = 5, min_score: float | None = None, multilabel: bool = False, nms_iou: float = 0.5,
                  scale: float | None = None, max_side: int | None = None, layer: str | None = None,
-                 background: str = "blank", smooth: int = 1, min_area: int | None = None, device: str | torch.device | None = None):
+                 background: str = "blank", smooth: int = 1, min_area: int | None = None,
+                 device: str | torch.device | None = None, scales: str | Sequence[float] | None = None,
+                 rule: str | None = None, calibration: bool = True):
+        from .calibrate import calibrated
+
+        saved = calibrated(run, method) if calibration else None
+        method = method or (saved[0] if saved else "fcn")
+        entry = saved[1] if saved and saved[0] == method else {}
+        self.calibration = entry or None
+        if entry:
+            threshold = entry["threshold"] if threshold is None else threshold
+            min_score = entry["min_score"] if min_score is None else min_score
+            rule = rule or entry["rule"]
+            scales = scales if scales is not None else entry["scales"]
         if method not in METHODS:
             raise ConfigError(f"unknown --method {method!r}: choose {', '.join(METHODS)}")
         if background not in BACKGROUNDS:
@@ -137,8 +155,14 @@ class Localizer:
             raise ConfigError(f"--max-side must be at least 8 pixels (got {max_side})")
         self.run, self.method, self.topk, self.multilabel = run, method, int(topk), bool(multilabel)
         self.smooth = int(smooth)
+        if rule is not None and rule not in RULES:
+            raise ConfigError(f"unknown --rule {rule!r}: choose {', '.join(RULES)}")
+        self.scales = parse_scales(scales) if scales is not None else None
+        self.rule = rule or DEFAULT_RULE
         self.threshold = Threshold.parse(threshold if threshold is not None else DEFAULT_THRESHOLD[method])
-        self.min_score = float(min_score if min_score is not None else DEFAULT_MIN_SCORE[method])
+        if min_score is None:
+            min_score = MULTISCALE_MIN_SCORE if self.scales else DEFAULT_MIN_SCORE[method]
+        self.min_score = float(min_score)
         self.nms_iou, self.scale, self.max_side, self.layer, self.min_area = nms_iou, scale, max_side, layer, min_area
         self.classes = list(run.classes)
         self.pre = run.preprocess
@@ -169,6 +193,8 @@ class Localizer:
                  batch_size: int = 16) -> list[Localization]:
         """Localise ``images``; consecutive images of the same input size are batched."""
         names = list(names) if names is not None else [_name(im, i) for i, im in enumerate(images)]
+        if self.scales:
+            return localize_multiscale(self, images, names, batch_size)
         out: list[Localization] = []
         pending: list[tuple[torch.Tensor, tuple[int, int], str]] = []
         for im, name in zip(images, names):
@@ -212,7 +238,7 @@ class Localizer:
         size = tuple(x.shape[-2:])
         out = []
         for i in range(x.shape[0]):
-            cand = self._candidates(probs[i].amax(dim=(1, 2)))
+            cand = self._candidates(probs[i].amax(dim=(1, 2)), self._confident(maps.image_logits[i]))
             if not cand:
                 out.append(_Found([], {}, tuple(probs.shape[-2:])))
                 continue
@@ -227,6 +253,10 @@ class Localizer:
                 extent = p[j] if self.threshold.mode == "abs" else e[j]
                 regions += [(k, s, b) for s, b in region_boxes(mask, p[j], extent, self.threshold,
                                                                self._min_area(maps.stride))]
+            top = self._confident(maps.image_logits[i])
+            if top is not None and top not in {k for k, _, _ in regions}:  # never "nothing" for a confident class
+                regions += self._fallback_boxes(top, float(self._probs(maps.image_logits[i:i + 1])[0, top]),
+                                                e[cand.index(top)])
             out.append(_Found(regions, {k: p[j] for j, k in enumerate(cand)}, tuple(probs.shape[-2:])))
         return out
 
@@ -250,22 +280,38 @@ class Localizer:
             regions, shown = [], {}
             for j, k in enumerate(int(c) for c in chosen[i]):
                 prob = float(probs[i, k])
-                if prob < self.min_score:
+                if prob < self.min_score and not (j == 0 and prob >= CONFIDENT):  # the confident class stays
                     continue
                 shown[k] = heat[i, j]
                 level = self.threshold.level(heat[i, j])
                 cell = x.shape[-1] / fmaps.shape[-1]
-                regions += [(k, prob * s, b) for s, b in component_boxes(heat[i, j], level, self._min_area(cell))]
+                found = [(k, prob * s, b) for s, b in component_boxes(heat[i, j], level, self._min_area(cell))]
+                regions += found or self._fallback_boxes(k, prob, heat[i, j])
             out.append(_Found(regions, shown, tuple(fmaps.shape[-2:])))
         return out
 
     def _min_area(self, stride: float) -> int:
         return int(self.min_area) if self.min_area is not None else max(1, int(stride * stride))
 
-    def _candidates(self, peaks: torch.Tensor) -> list[int]:
-        """Classes whose map peaks at or above ``min_score``, best first, at most ``topk``."""
+    def _candidates(self, peaks: torch.Tensor, top: int | None = None) -> list[int]:
+        """Classes whose map peaks at or above ``min_score``, best first, at most ``topk``; with ``top`` that class
+        too (the never-empty rule)."""
         order = torch.argsort(peaks, descending=True)[: self.topk]
-        return [int(k) for k in order if float(peaks[k]) >= self.min_score]
+        found = [int(k) for k in order if float(peaks[k]) >= self.min_score]
+        return found if top is None or top in found else found[: self.topk - 1] + [top]
+
+    def _confident(self, logits: torch.Tensor) -> int | None:
+        """The top-1 class of image-level ``logits`` (K) when its probability reaches CONFIDENT."""
+        p = self._probs(logits[None].float())[0]
+        k = int(p.argmax())
+        return k if float(p[k]) >= CONFIDENT else None
+
+    def _fallback_boxes(self, k: int, score: float, heat: np.ndarray) -> list[tuple[int, float, tuple]]:
+        """The box(es) of class ``k``'s [0, 1] map at the threshold by the rule, ignoring the minimum area: a class
+        the classifier is confident about always gets a box."""
+        heat = unit_range(heat)
+        level = min(self.threshold.level(heat), float(heat.max()))
+        return [(k, score * s, b) for s, b in heat_boxes(heat, level, self.rule)]
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)

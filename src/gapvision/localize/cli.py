@@ -21,9 +21,9 @@ def register(sub: Any) -> None:
     p.add_argument("paths", nargs="*", metavar="[RUN_DIR] IMAGE_OR_DIR",
                    help="a run directory then images, folders or video files (with --model: only the inputs)")
     p.add_argument("--out", help="output folder (without it, results are only printed)")
-    p.add_argument("--method", choices=list(METHODS), default="fcn",
-                   help="fcn: exact class maps, all classes in one pass (default); cam; gradcam; and through "
-                   "pytorch-grad-cam (pip install 'gapvision[cam]'): " + ", ".join(LIBRARY_METHODS))
+    p.add_argument("--method", choices=list(METHODS),
+                   help="fcn: exact class maps, all classes in one pass (default, or the calibrated method); cam; "
+                   "gradcam; and through pytorch-grad-cam (pip install 'gapvision[cam]'): " + ", ".join(LIBRARY_METHODS))
     p.add_argument("--threshold", help="box extent: a fraction of each region's peak (50%%, default), otsu, or a "
                    "probability (fcn) / map value (cam, gradcam) such as 0.7")
     p.add_argument("--min-score", type=float, help="fcn: the probability a class region must reach (default 0.9); "
@@ -44,8 +44,20 @@ def register(sub: Any) -> None:
     p.add_argument("--every", type=int, default=1, help="videos and camera: every N-th frame (default 1)")
     p.add_argument("--camera", type=int, metavar="N", help="stream webcam N (needs OpenCV)")
     p.add_argument("--frames", type=int, help="camera: stop after this many frames (default: until Ctrl-C)")
-    p.add_argument("--evaluate", metavar="DATA", help="score localisation on scenes with boxes, e.g. "
-                   "builtin:shapes-scenes (writes --out/evaluation.json)")
+    p.add_argument("--evaluate", metavar="DATA", help="score localisation on images with boxes: builtin:shapes-scenes, "
+                   "a Pascal VOC folder (annotations/*.xml) or a COCO .json; WSOL metrics beside the central-box and "
+                   "full-image baselines (writes --out/evaluation.json)")
+    p.add_argument("--calibrate", metavar="DATA", help="choose the map threshold, box rule and presence score on a few "
+                   "annotated images of DATA (--split, default train) and save them in RUN_DIR/localize.json; later "
+                   "localize/serve/export use them")
+    p.add_argument("--split", help="with --evaluate/--calibrate: all, or train/val/test as the run split DATA "
+                   "(its seeded --val-split); default: all for --evaluate, train for --calibrate")
+    p.add_argument("--images", type=int, default=32, help="--calibrate: at most this many images (default 32)")
+    p.add_argument("--scales", help="multi-scale maps: factors of the training size, e.g. 1,1.5,2 (classes decided at "
+                   "the training size, extent fused over the scales)")
+    p.add_argument("--rule", choices=["all", "largest", "union"], help="multi-scale boxes: one per region (all), the "
+                   "largest region, or one around all regions")
+    p.add_argument("--no-calibration", action="store_true", help="ignore RUN_DIR/localize.json")
     p.add_argument("--no-render", action="store_true", help="write only the JSON files, no pictures")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.add_argument("--output", metavar="FILE.jsonl", help="write the --json records of still images to FILE in input "
@@ -58,7 +70,8 @@ def register(sub: Any) -> None:
 def cmd_localize(a: argparse.Namespace) -> None:
     from ..predict import open_predictor
     from .api import localize, stream_camera
-    from .evaluate import evaluate_scenes
+    from .evaluate import calibrate, evaluate_localization
+    from .multiscale import parse_scales
 
     if a.model:
         run_dir, images = None, list(a.paths)
@@ -71,13 +84,22 @@ def cmd_localize(a: argparse.Namespace) -> None:
     options: dict[str, Any] = {
         "method": a.method, "threshold": a.threshold, "min_score": a.min_score, "topk": a.topk,
         "multilabel": a.multilabel, "background": a.background, "smooth": a.smooth, "min_area": a.min_area, "nms_iou": a.nms_iou,
-        "max_side": a.max_side, "layer": a.layer, "device": a.device,
+        "max_side": a.max_side, "layer": a.layer, "device": a.device, "rule": a.rule,
+        "calibration": not a.no_calibration,
     }
+    if a.scales:
+        options["scales"] = parse_scales(a.scales)
+    if a.calibrate:
+        options.pop("calibration")
+        e = calibrate(run, a.calibrate, split=a.split or "train", images=a.images, **options)
+        print(f"calibrated on {e['images']} images of {a.calibrate} ({e['split']}): threshold {e['threshold']:g}, "
+              f"rule {e['rule']}, presence score {e['min_score']:g}, scales {','.join(f'{s:g}' for s in e['scales'])}"
+              f" (single-box MaxBoxAcc {e['score']:.3f}); saved in {run.path}/localize.json")
+        if not a.evaluate:
+            return
     if a.evaluate:
-        m = evaluate_scenes(run, a.evaluate, a.out, scale=a.scale, **options)
-        print(f"{m['images']} images of {m['data']} at scale {m['scale']:g} ({m['method']}, threshold {m['threshold']}):"
-              f" presence precision {m['presence_precision']:.3f} recall {m['presence_recall']:.3f} "
-              f"F1 {m['presence_f1']:.3f} | boxes mean IoU {m['mean_iou']:.3f} AP@0.5 {m['ap50']:.3f}")
+        m = evaluate_localization(run, a.evaluate, a.out, split=a.split or "all", scale=a.scale, **options)
+        print(format_evaluation(m))
         if a.out:
             print(f"written to {a.out}/evaluation.json")
         return
@@ -101,6 +123,22 @@ def cmd_localize(a: argparse.Namespace) -> None:
         print(json.dumps(d, ensure_ascii=False) if a.json else _line(d))
     if a.out and not a.json:
         print(f"{len(results)} result(s) written to {a.out}")
+
+
+def format_evaluation(m: dict) -> str:
+    """The metrics of :func:`~.evaluate.evaluate_localization` beside the baselines, as a few lines of text."""
+    c, f = m["baseline_center"], m["baseline_full"]
+    op = m["operating_point"]
+    rows = [(name, m[key], c[key], f[key]) for name, key in
+            (("top-1 loc", "top1_loc"), ("GT-known loc", "gt_known_loc"), ("MaxBoxAccV2", "maxboxacc_v2"))]
+    lines = [f"{m['images']} images of {m['data']} ({m['split']}; {m['method']}, threshold {op['threshold']:g}, rule "
+             f"{op['rule']}, scales {','.join(f'{s:g}' for s in m['scales'])}"
+             f"{', calibrated' if m['calibrated'] else ''}):",
+             f"  {'':14s} {'maps':>6s} {'centre 80%':>10s} {'full image':>10s}"]
+    lines += [f"  {name:14s} {v:6.3f} {cv:10.3f} {fv:10.3f}" for name, v, cv, fv in rows]
+    lines.append(f"  boxes: presence precision {m['presence_precision']:.3f} recall {m['presence_recall']:.3f} F1 "
+                 f"{m['presence_f1']:.3f} | mean IoU {m['mean_iou']:.3f} AP@0.5 {m['ap50']:.3f}")
+    return "\n".join(lines)
 
 
 def _line(d: dict) -> str:

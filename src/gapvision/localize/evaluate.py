@@ -1,5 +1,7 @@
-"""How well does a classifier localise? Scores on scenes with ground-truth boxes (``builtin:shapes-scenes``):
-presence precision/recall/F1, mean IoU of matched boxes and AP@0.5."""
+"""How well does a classifier localise? Scores on images with ground-truth boxes (``builtin:shapes-scenes``, Pascal
+VOC folders, COCO files): the WSOL metrics of :mod:`.wsol` (top-1 loc, GT-known loc, MaxBoxAccV2) beside the
+central-box and full-image baselines, and presence precision/recall/F1, mean IoU of matched boxes and AP@0.5; and
+the calibration of the operating point (:func:`calibrate`, saved by :mod:`.calibrate`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,9 +11,14 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .. import atomic
-from ..errors import DataError
+from ..data.imageset import ImageSet
+from ..errors import ConfigError, DataError
+from ..runs import Run
 from .api import Localizer, as_run
 from .boxes import Box, Detection, box_iou
+from .calibrate import calibration_entry, save_calibration
+from .multiscale import DEFAULT_SCALES, ClassHeat, class_heat
+from .wsol import Sample, wsol_scores
 
 Truth = tuple[int, Box]  # class index, box
 
@@ -90,41 +97,128 @@ def _average_precision(hits: list[tuple[float, bool]], n_true: int) -> float:
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
-def evaluate_scenes(run_or_model: Any, data: str = "builtin:shapes-scenes", out: str | Path | None = None, *,
-                    scale: float | None = None, iou: float = 0.5, batch_size: int = 32, **options: Any) -> dict:
-    """Localise the scenes of ``data`` (a source with ground-truth boxes) and score the result.
+SPLITS = ("all", "train", "val", "test")
+DEFAULT_OPERATING = {"threshold": 0.2, "rule": "largest"}  # uncalibrated: Zhou et al.'s 20 % of the max, largest region
 
-    ``scale`` resizes the scenes before the network. By default a shapes-scenes image of side S is scaled by
-    ``2 * img_size / S`` (``img_size``: the model's training size), the size at which its objects (18-35 % of the
-    side) are as large in pixels as the training shapes (30-70 % of the side). Returns the metrics of
-    :func:`score_detections` plus ``scale``, ``method`` and ``threshold``; with ``out`` also writes
-    ``out/evaluation.json``. ``options`` go to :class:`~gapvision.localize.api.Localizer`.
+
+def annotated_images(run: Run, data: str, split: str = "all", skip_bad: bool = True) -> ImageSet:
+    """The images of ``data`` with ground-truth boxes, labels and boxes on the run's classes.
+
+    ``split``: ``all`` (every image), or ``train``/``val``/``test`` as the run split this data when it trained
+    (the same seeded ``--val-split``, recorded in its config.json), so that a run is evaluated on images it did not
+    train on. Unreadable images are skipped (with a note) unless ``skip_bad`` is False.
     """
-    from ..data.sources import load_images
+    from ..data.sources import load_data, load_images
 
-    run = as_run(run_or_model)
-    scenes = load_images(data)
-    if scenes.boxes is None:
-        raise DataError(f"{data} has no ground-truth boxes: evaluate localisation on builtin:shapes-scenes")
-    index = {c: i for i, c in enumerate(run.classes)}
-    missing = sorted({scenes.classes[c] for objs in scenes.boxes for c, _ in objs} - set(index))
+    if split not in SPLITS:
+        raise ConfigError(f"unknown --split {split!r}: choose {', '.join(SPLITS)}")
+    if split == "all":
+        imgs = load_images(data, skip_bad=skip_bad)
+    else:
+        cfg = run.config.get("data", {}) if isinstance(run.config.get("data"), dict) else {}
+        splits = load_data(data, val_split=float(cfg.get("val_split", 0.2)), seed=int(run.config.get("seed", 0)),
+                           skip_bad=skip_bad)
+        imgs = getattr(splits, split)
+        if imgs is None:
+            raise DataError(f"{data} has no {split} split: pick all, train or val")
+    if imgs.boxes is None:
+        raise DataError(f"{data} has no ground-truth boxes: evaluate localisation on builtin:shapes-scenes, a Pascal "
+                        "VOC folder (annotations/*.xml) or a COCO .json file")
+    names = {imgs.classes[c] for objs in imgs.boxes for c, _ in objs} | {imgs.classes[c] for c in imgs.labels}
+    missing = sorted(names - set(run.classes))
     if missing:
         raise DataError(f"the model's classes ({', '.join(run.classes)}) lack {', '.join(missing)} found in {data}: "
-                        "evaluate a model trained on builtin:shapes")
-    truths = [[(index[scenes.classes[c]], tuple(float(v) for v in box)) for c, box in objs] for objs in scenes.boxes]
+                        "evaluate a model trained on these classes")
+    from ..data.sources import _map_to_classes
+
+    imgs = _map_to_classes(imgs, run.classes, str(data))
+    keep = [i for i in range(len(imgs)) if any(c == imgs.labels[i] for c, _ in imgs.boxes[i])]
+    return imgs.subset(keep)
+
+
+def wsol_samples(loc: Localizer, imgs: ImageSet, scales: Sequence[float] | None = None,
+                 batch_size: int = 16) -> tuple[list[Sample], list[ClassHeat]]:
+    """One :class:`~.wsol.Sample` per image (its label's fused map and boxes; the predicted class at the training
+    size) and the :class:`~.multiscale.ClassHeat` behind it."""
+    scales = tuple(scales or loc.scales or DEFAULT_SCALES)
+    samples: list[Sample] = []
+    heats: list[ClassHeat] = []
+    for start in range(0, len(imgs), batch_size):
+        idx = list(range(start, min(start + batch_size, len(imgs))))
+        found = class_heat(loc, [imgs.load(i) for i in idx], [[int(imgs.labels[i])] for i in idx], scales)
+        for i, h in zip(idx, found):
+            k = int(imgs.labels[i])
+            samples.append(Sample(h.heat[k], k, h.top, [b for c, b in imgs.boxes[i] if c == k], h.size))
+        heats.extend(found)
+    return samples, heats
+
+
+def evaluate_localization(run_or_model: Any, data: str = "builtin:shapes-scenes", out: str | Path | None = None, *,
+                          split: str = "all", scale: float | None = None, scales: Sequence[float] | None = None,
+                          operating: dict | None = None, iou: float = 0.5, batch_size: int = 32,
+                          **options: Any) -> dict:
+    """Score localisation on ``data`` (builtin:shapes-scenes, a VOC folder or a COCO file; ``split`` as in
+    :func:`annotated_images`).
+
+    WSOL metrics (:mod:`.wsol`) on the method's fused multi-scale maps -- ``top1_loc``, ``gt_known_loc``,
+    ``maxboxacc_v2`` (with ``boxacc`` per IoU level) at the operating point (``operating`` = {"threshold", "rule"},
+    default: the run's calibration, else :data:`DEFAULT_OPERATING`) -- beside ``baseline_center`` and
+    ``baseline_full`` on the same images; and the Localizer's detections scored by :func:`score_detections`
+    (presence P/R/F1, mean IoU, AP@0.5). ``scale``: resize factor of the detection pass (shapes scenes: by default
+    the size at which their objects are as large as the training shapes). With ``out``: ``out/evaluation.json``.
+    """
+    run = as_run(run_or_model)
+    imgs = annotated_images(run, data, split)
+    if len(imgs) == 0:
+        raise DataError(f"no image of {data} ({split}) has a ground-truth box of its own class")
     if scale is None:
-        side = scenes.meta.get("img_size")
-        scale = 2 * run.preprocess.img_size / side if side else 1.0
-    loc = Localizer(run, scale=scale, **options)
+        side = imgs.meta.get("img_size")
+        scale = 2 * run.preprocess.img_size / side if side else None
+    loc = Localizer(run, scale=scale, scales=scales, **options)
+    point = dict(operating or (loc.calibration and {k: loc.calibration[k] for k in ("threshold", "rule")})
+                 or DEFAULT_OPERATING)
+    samples, _ = wsol_samples(loc, imgs, scales, batch_size)
+    metrics = wsol_scores(samples, float(point["threshold"]), str(point["rule"]))
     results = []
-    for start in range(0, len(scenes), batch_size):
-        idx = range(start, min(start + batch_size, len(scenes)))
-        results.extend(loc([scenes.load(i) for i in idx], [scenes.name(i) for i in idx], batch_size=batch_size))
-    metrics = score_detections([r.detections for r in results], [[c["class_index"] for c in r.classes]
-                                                                 for r in results], truths, iou)
-    metrics.update({"data": str(data), "scale": round(float(scale), 4), "method": loc.method,
-                    "threshold": str(loc.threshold), "min_score": loc.min_score,
-                    "classes": list(run.classes)})
+    for start in range(0, len(imgs), batch_size):
+        idx = range(start, min(start + batch_size, len(imgs)))
+        results.extend(loc([imgs.load(i) for i in idx], [imgs.name(i) for i in idx], batch_size=batch_size))
+    truths = [[(c, tuple(float(v) for v in box)) for c, box in objs] for objs in imgs.boxes]  # type: ignore[union-attr]
+    metrics.update(score_detections([r.detections for r in results], [[c["class_index"] for c in r.classes]
+                                                                      for r in results], truths, iou))
+    metrics.update({"data": str(data), "split": split, "scale": round(float(scale or 1.0), 4), "method": loc.method,
+                    "threshold": str(loc.threshold), "min_score": loc.min_score, "classes": list(run.classes),
+                    "scales": list(scales or loc.scales or DEFAULT_SCALES), "calibrated": loc.calibration is not None,
+                    "notes": imgs.meta.get("notes", [])})
     if out is not None:
         atomic.write_json(Path(out) / "evaluation.json", metrics)
     return metrics
+
+
+def evaluate_scenes(run_or_model: Any, data: str = "builtin:shapes-scenes", out: str | Path | None = None, *,
+                    scale: float | None = None, iou: float = 0.5, batch_size: int = 32, **options: Any) -> dict:
+    """:func:`evaluate_localization` (kept under its first name)."""
+    return evaluate_localization(run_or_model, data, out, scale=scale, iou=iou, batch_size=batch_size, **options)
+
+
+def calibrate(run_or_model: Any, data: str, *, split: str = "train", images: int | None = 32,
+              method: str | None = None, scales: Sequence[float] | None = None, seed: int = 0,
+              batch_size: int = 16, **options: Any) -> dict:
+    """Choose the operating point (map threshold, box rule) and presence score on ``images`` annotated images of
+    ``data`` (a seeded sample of ``split``; None: all of them) and save them in the run's ``localize.json``
+    (:mod:`.calibrate`). Returns the saved entry."""
+    run = as_run(run_or_model)
+    imgs = annotated_images(run, data, split)
+    if images is not None and len(imgs) > images:
+        imgs = imgs.subset(np.sort(np.random.default_rng(seed).permutation(len(imgs))[:images]))
+    if len(imgs) == 0:
+        raise DataError(f"no annotated images of {data} ({split}) to calibrate on")
+    loc = Localizer(run, method=method, scales=scales, calibration=False, **options)
+    samples, heats = wsol_samples(loc, imgs, scales, batch_size)
+    truths = [{int(c) for c, _ in objs} for objs in imgs.boxes]  # type: ignore[union-attr]
+    entry = calibration_entry(samples, heats, truths, tuple(scales or DEFAULT_SCALES), data=str(data), split=split)
+    save_calibration(run, loc.method, entry)
+    return entry
+
+
+calibrate_localization = calibrate  # its name at the top level: gapvision.calibrate_localization

@@ -1,0 +1,179 @@
+"""WSOL metrics on hand-made maps with known answers, calibration through the run directory, the never-empty rule
+and multi-scale fusion."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gapvision.localize import Localizer, localize
+from gapvision.localize.calibrate import CALIBRATION_FILE, read_calibration
+from gapvision.localize.evaluate import calibrate, evaluate_localization
+from gapvision.localize.multiscale import class_heat, parse_scales
+from gapvision.localize.wsol import (Sample, baseline_scores, choose_operating_point, heat_boxes, loc_accuracy,
+                                     max_box_acc)
+from gapvision.errors import ConfigError, GapvisionError
+from gapvision.runs import Run
+
+from test_localize import COLOUR_CLASSES, COLOUR_PRE, colour_model
+
+
+def nested(inner_value: float, ring_value: float) -> np.ndarray:
+    """40 x 40 map: 0 outside, ``ring_value`` on the 20 x 20 square at 10-30, ``inner_value`` on 15-25."""
+    m = np.zeros((40, 40), np.float32)
+    m[10:30, 10:30] = ring_value
+    m[15:25, 15:25] = inner_value
+    return m
+
+
+def two_blobs() -> np.ndarray:
+    """A small blob at the peak (1.0, x/y 2-6) and a larger one at 0.8 (x/y 20-36)."""
+    m = np.zeros((40, 40), np.float32)
+    m[2:6, 2:6] = 1.0
+    m[20:36, 20:36] = 0.8
+    return m
+
+
+def test_box_rules_on_two_regions():
+    m = two_blobs()
+    assert heat_boxes(m, 0.5, "all") == [(1.0, (2.0, 2.0, 6.0, 6.0)), (pytest.approx(0.8), (20.0, 20.0, 36.0, 36.0))]
+    assert [b for _, b in heat_boxes(m, 0.5, "largest")] == [(20.0, 20.0, 36.0, 36.0)]
+    assert [b for _, b in heat_boxes(m, 0.5, "union")] == [(2.0, 2.0, 36.0, 36.0)]
+    assert [b for _, b in heat_boxes(m, 0.9, "largest")] == [(2.0, 2.0, 6.0, 6.0)]
+    # boxes in the pixels of the image the map covers (here 80 x 20)
+    assert [b for _, b in heat_boxes(m, 0.5, "largest", size=(80, 20))] == [(40.0, 10.0, 72.0, 18.0)]
+    with pytest.raises(ConfigError, match="unknown box rule"):
+        heat_boxes(m, 0.5, "biggest")
+
+
+def test_maxboxacc_v2_takes_the_best_threshold_per_iou_level():
+    # image A is right (IoU 1) for thresholds in (0, 0.5]: its object is the 20 x 20 square; image B for (0.5, 1):
+    # its object is the 10 x 10 core. Elsewhere each gets IoU 0.25 (the square vs its core, or the 40 x 40 image).
+    a = Sample(nested(1.0, 0.5), 0, 0, [(10, 10, 30, 30)], (40, 40))
+    b = Sample(nested(1.0, 0.5), 0, 0, [(15, 15, 25, 25)], (40, 40))
+    m = max_box_acc([a, b])
+    assert m["boxacc"] == {"0.3": 0.5, "0.5": 0.5, "0.7": 0.5} and m["maxboxacc_v2"] == 0.5
+    assert max_box_acc([a])["maxboxacc_v2"] == 1.0 and max_box_acc([a])["best_threshold"]["0.5"] == 0.01
+    assert max_box_acc([b])["best_threshold"]["0.7"] == 0.51
+    # a fixed threshold cannot do what the sweep does: 0.3 suits A only
+    assert loc_accuracy([a, b], 0.3, "largest")["gt_known_loc"] == 0.5
+
+
+def test_maxboxacc_v2_matches_over_all_regions_and_loc_uses_the_first_box():
+    s = Sample(two_blobs(), 1, 1, [(20, 20, 36, 36)], (40, 40))
+    assert max_box_acc([s])["maxboxacc_v2"] == 1.0  # the 0.8 region is a candidate beside the peak region
+    assert loc_accuracy([s], 0.5, "all")["gt_known_loc"] == 0.0  # first box: the peak region, IoU 0
+    assert loc_accuracy([s], 0.5, "largest")["gt_known_loc"] == 1.0
+    op = choose_operating_point([s])
+    assert op["rule"] == "largest" and op["score"] == 1.0 and 0 < op["threshold"] <= 0.8
+    assert op["scores"]["all"] < 1.0
+
+
+def test_top1_needs_the_right_class_and_several_ground_truth_boxes_count():
+    m = nested(1.0, 1.0)
+    right = Sample(m, 0, 0, [(0, 0, 5, 5), (10, 10, 30, 30)], (40, 40))  # the second box matches
+    wrong = Sample(m, 0, 2, [(10, 10, 30, 30)], (40, 40))  # the box is right, the class is not
+    r = loc_accuracy([right, wrong], 0.5, "largest")
+    assert r["gt_known_loc"] == 1.0 and r["top1_loc"] == 0.5 and r["top1_cls"] == 0.5 and r["gt_known_iou"] == 1.0
+
+
+def test_baselines_have_known_answers():
+    centre = Sample(np.zeros((10, 10)), 0, 0, [(10, 10, 90, 90)], (100, 100))  # the central 80 % itself
+    corner = Sample(np.zeros((10, 10)), 0, 1, [(0, 0, 50, 50)], (100, 100))
+    c = baseline_scores([centre, corner], "center")
+    assert c["gt_known_loc"] == 0.5 and c["top1_loc"] == 0.5
+    assert c["mean_iou"] == pytest.approx((1 + 1600 / (6400 + 2500 - 1600)) / 2, abs=1e-4)
+    f = baseline_scores([centre], "full")  # IoU 0.64: counts at 0.3 and 0.5, not at 0.7
+    assert f["gt_known_loc"] == 1.0 and f["maxboxacc_v2"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+# -- the colour model: maps known exactly --------------------------------------------------------------------
+def square_image(colour: int, box: tuple[int, int, int, int], size=(50, 40)) -> np.ndarray:
+    img = np.zeros((size[1], size[0], 3), np.uint8)
+    x0, y0, x1, y1 = box
+    img[y0:y1, x0:x1, colour] = 255
+    return img
+
+
+def test_multiscale_fusion_is_the_mean_of_the_per_scale_maps_and_boxes_the_object():
+    loc = Localizer(_colour_run(None), method="cam", calibration=False)
+    img = square_image(0, (10, 8, 30, 28))
+    (one,), (two,), (both,) = (class_heat(loc, [img], scales=s) for s in ((1.0,), (2.0,), (1.0, 2.0)))
+    assert one.top == 0 and one.size == (50, 40) and both.heat[0].shape == (32, 32)
+    mean = (one.heat[0] + two.heat[0]) / 2
+    np.testing.assert_allclose(both.heat[0], (mean - mean.min()) / (mean.max() - mean.min()), atol=1e-5)
+    (found,) = localize(_colour_run(None), [img], method="cam", scales=(1.0, 2.0), threshold=0.5, calibration=False)
+    assert found["detections"][0]["label"] == "red"
+    assert found["detections"][0]["box"] == pytest.approx([10, 8, 30, 28], abs=1.6)
+    with pytest.raises(ConfigError, match="--scales"):
+        parse_scales("1,x")
+
+
+@pytest.mark.parametrize("method", ["fcn", "cam", "gradcam"])
+def test_the_confident_class_always_gets_a_box(method):
+    img = square_image(1, (5, 5, 45, 35))
+    for opts in ({"min_score": 1.0}, {"scales": (1.0,), "threshold": 1.0}):
+        (res,) = localize(_colour_run(None), [img], method=method, calibration=False, **opts)
+        assert [d["label"] for d in res["detections"]][:1] == ["green"], (opts, res)
+
+
+def _colour_run(path: Path | None) -> Run:
+    cfg = {"classes": COLOUR_CLASSES, "preprocess": COLOUR_PRE.to_dict(), "model": colour_model().config.to_dict(),
+           "seed": 0, "data": {"val_split": 0.5}}
+    return Run(path, cfg, model=colour_model())
+
+
+@pytest.fixture
+def colour_voc(tmp_path) -> Path:
+    """12 images (6 red, 6 green squares of random size and place) with VOC boxes."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "colours"
+    (root / "annotations").mkdir(parents=True)
+    for i in range(12):
+        colour = i % 2
+        w, h = rng.integers(8, 30, 2)
+        x0, y0 = rng.integers(0, 50 - w), rng.integers(0, 40 - h)
+        box = (int(x0), int(y0), int(x0 + w), int(y0 + h))
+        folder = root / "images" / COLOUR_CLASSES[colour]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(square_image(colour, box)).save(folder / f"im{i}.png")
+        (root / "annotations" / f"im{i}.xml").write_text(
+            f"<annotation><object><name>{COLOUR_CLASSES[colour]}</name><bndbox><xmin>{box[0]}</xmin><ymin>{box[1]}"
+            f"</ymin><xmax>{box[2]}</xmax><ymax>{box[3]}</ymax></bndbox></object></annotation>")
+    return root
+
+
+def test_calibration_round_trip_through_the_run_directory(tmp_path, colour_voc):
+    run = _colour_run(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    entry = calibrate(run, str(colour_voc), split="train", images=4, method="cam", scales=(1.0, 2.0))
+    saved = json.loads((tmp_path / "run" / CALIBRATION_FILE).read_text())
+    assert saved["method"] == "cam" and saved["methods"]["cam"] == entry and entry["images"] == 4
+    assert entry["split"] == "train" and entry["scales"] == [1.0, 2.0] and 0 < entry["threshold"] < 0.95
+    assert entry["score"] >= 0.9
+    loc = Localizer(run)  # no options: the calibrated method, threshold, rule and scales
+    assert loc.method == "cam" and loc.scales == (1.0, 2.0) and loc.rule == entry["rule"]
+    assert loc.threshold.value == entry["threshold"] and loc.min_score == entry["min_score"]
+    assert Localizer(run, calibration=False).scales is None
+    after = evaluate_localization(run, str(colour_voc), split="val", out=tmp_path / "ev")
+    assert after["calibrated"] and after["images"] == 6 and after["method"] == "cam"
+    assert after["operating_point"] == {"threshold": entry["threshold"], "rule": entry["rule"]}
+    assert after["gt_known_loc"] == 1.0 and after["top1_loc"] == 1.0
+    assert after["maxboxacc_v2"] >= after["baseline_center"]["maxboxacc_v2"]
+    written = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert {"top1_loc", "gt_known_loc", "maxboxacc_v2", "baseline_center", "baseline_full", "presence_f1",
+            "ap50", "mean_iou"} <= set(written)
+    # serve's Localizer and the FCN export's metadata see the same calibration
+    from gapvision.export import metadata
+    from gapvision.localize import to_fcn
+    from gapvision.serve.app import Service
+
+    assert Service(run).localizer().calibration == entry
+    assert json.loads(metadata(run, to_fcn(run.model), fcn=True)["localize"])["methods"]["cam"] == entry
+    assert "localize" not in metadata(run, run.model, fcn=False)
+    (tmp_path / "run" / CALIBRATION_FILE).write_text("{broken")
+    with pytest.raises(GapvisionError, match="localize.json is damaged"):
+        read_calibration(run)
