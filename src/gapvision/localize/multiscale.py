@@ -25,7 +25,8 @@ from torchvision.transforms.v2 import functional as TF
 from ..data.transforms import normalize, to_uint8
 from ..errors import ConfigError
 from ..runs import to_pil
-from .cam import class_maps, grad_cam, normalize_maps, upsample
+from .cam import class_maps, normalize_maps, upsample
+from .gradcam_lib import explain
 
 if TYPE_CHECKING:
     from .api import Localizer
@@ -106,8 +107,8 @@ def _heat_batch(loc: "Localizer", pils: list, wanted: Sequence[Sequence[int]] | 
 
 def _scale_maps(loc: "Localizer", x: torch.Tensor, chosen: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """The method's maps of ``chosen`` (N x k) classes at this input, each scaled to [0, 1], on ``grid``."""
-    if loc.method == "gradcam":
-        maps, _ = grad_cam(loc.net, x, chosen, loc.layer)  # type: ignore[arg-type]
+    if loc.method not in ("fcn", "cam"):  # gradcam and pytorch-grad-cam's methods: gradients of the plain network
+        maps, _ = explain(loc.net, x, chosen, loc.method, loc.layer)  # type: ignore[arg-type]
         where: tuple = (None, None)
         scale = grid[0] / x.shape[-1]
     else:
