@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DataError
+from .files import subdirs as _subdirs
+from .images import image_files as _images_under
 from .images import image_size, is_image_file
 from .imageset import ImageSet
 
@@ -88,8 +90,6 @@ def load_voc(path: str | os.PathLike, classes: Sequence[str] | None = None) -> t
     files sorted), so a seeded validation split of ``DIR`` equals the one of ``DIR/images``. ``classes`` fixes the
     class list (else: the class folders, or the sorted object names of a flat folder).
     """
-    from .sources import _images_under, _subdirs  # the folder source's own listing
-
     root = Path(path)
     ann_dir = find_annotation_dir(root)
     if ann_dir is None:

@@ -52,3 +52,8 @@ def expand_inputs(paths: Iterable[str | os.PathLike], extensions: Collection[str
         else:
             raise GapvisionError(f"{p}: no such file or folder")
     return out
+
+
+def subdirs(path: Path) -> list[Path]:
+    """The sub-folders of ``path`` that are not hidden, sorted by name (the class folders of a folder source)."""
+    return sorted((p for p in Path(path).iterdir() if p.is_dir() and not is_hidden(p.name)), key=lambda p: p.name)

@@ -164,3 +164,10 @@ def is_grayscale(img: Image.Image, tolerance: int = 6) -> bool:
     rgb = np.asarray(thumb.convert("RGB"), dtype=np.int16)
     spread = np.abs(rgb[..., 0] - rgb[..., 1]).max(initial=0), np.abs(rgb[..., 1] - rgb[..., 2]).max(initial=0)
     return max(spread) <= tolerance
+
+
+def image_files(path: str | os.PathLike) -> list[str]:
+    """Image files under ``path`` by the one walker's rules (data/files.py)."""
+    from .files import walk
+
+    return walk(Path(path), IMAGE_EXTENSIONS)

@@ -35,8 +35,8 @@ from PIL import Image
 
 from ..errors import ConfigError, DataError
 from . import boxes, builtin
-from .files import is_hidden, walk
-from .images import IMAGE_EXTENSIONS, is_grayscale, is_image_file, open_image
+from .files import subdirs
+from .images import IMAGE_EXTENSIONS, image_files, is_grayscale, is_image_file, open_image
 from .imageset import DataSplits, ImageSet
 from .transforms import Preprocess, mean_std, preset_stats, to_uint8
 
@@ -491,13 +491,8 @@ def _derived_seed(seed: int, k: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- folders
-def _subdirs(path: Path) -> list[Path]:
-    return sorted((p for p in path.iterdir() if p.is_dir() and not is_hidden(p.name)), key=lambda p: p.name)
-
-
-def _images_under(path: Path) -> list[str]:
-    """Image files under ``path`` by the one walker's rules (data/files.py)."""
-    return walk(path, IMAGE_EXTENSIONS)
+_subdirs = subdirs  # the folder source's listing (data/files.py), shared with the box annotations (data/boxes.py)
+_images_under = image_files
 
 
 def _class_folders(path: Path, opts: LoadOptions, notes: list[str]) -> tuple[list[str], list[str]]:

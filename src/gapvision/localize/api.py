@@ -40,7 +40,7 @@ from ..runs import Run, load_run, to_pil
 from .boxes import Detection, Threshold, component_boxes, nms_per_class, rank_classes, region_boxes
 from .cam import background_reference, class_maps, normalize_maps, upsample
 from .gradcam_lib import LIBRARY_METHODS, explain
-from .multiscale import localize_multiscale, parse_scales
+from .multiscale import class_heat, parse_scales
 from .results import LocalizeResults
 from .video import is_video, read_frames
 from .wsol import RULES, heat_boxes, unit_range
@@ -497,3 +497,28 @@ def stream_camera(run_or_model: Run | str | Path | nn.Module, index: int = 0, ou
     finally:
         if log is not None:
             log.close()
+
+
+def localize_multiscale(loc: "Localizer", images: Sequence[Any], names: Sequence[str],
+                        batch_size: int = 16) -> list:
+    """The Localizer's multi-scale path: classes decided at the training size (the top-1 class always, others at or
+    above ``loc.min_score``, at most ``loc.topk``), boxes from each class's fused map by ``loc.rule`` at
+    ``loc.threshold``; a box's score is the class probability times its region's peak."""
+    def pick(probs: np.ndarray) -> list[int]:
+        order = np.argsort(-probs)[: loc.topk]
+        return [int(k) for j, k in enumerate(order) if j == 0 or probs[k] >= loc.min_score]
+
+    results = []
+    for start in range(0, len(images), batch_size):
+        chunk = [to_pil(im) for im in images[start : start + batch_size]]
+        for name, h in zip(names[start : start + len(chunk)], class_heat(loc, chunk, pick, loc.scales, batch_size)):
+            dets = []
+            for k, heat in h.heat.items():
+                level = min(loc.threshold.level(heat), 1.0)
+                dets += [Detection(k, loc._label(k), float(h.probs[k]) * s, b)
+                         for s, b in heat_boxes(heat, level, loc.rule, h.size)]
+            dets = nms_per_class(dets, loc.nms_iou)
+            grid = next(iter(h.heat.values())).shape
+            results.append(Localization(name, h.size, (grid[1], grid[0]), round(h.size[0] / grid[1], 4),
+                                        rank_classes(dets, loc.topk), dets, dict(h.heat)))
+    return results

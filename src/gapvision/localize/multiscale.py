@@ -118,32 +118,3 @@ def _scale_maps(loc: "Localizer", x: torch.Tensor, chosen: torch.Tensor, grid: t
         scale = grid[0] / x.shape[-1]
         where = (cm.stride * scale, (cm.offset[0] * scale + (scale - 1) / 2, cm.offset[1] * scale + (scale - 1) / 2))
     return upsample(normalize_maps(maps.float()), grid, *where).cpu()
-
-
-def localize_multiscale(loc: "Localizer", images: Sequence[Any], names: Sequence[str],
-                        batch_size: int = 16) -> list:
-    """The Localizer's multi-scale path: classes decided at the training size (the top-1 class always, others at or
-    above ``loc.min_score``, at most ``loc.topk``), boxes from each class's fused map by ``loc.rule`` at
-    ``loc.threshold``; a box's score is the class probability times its region's peak."""
-    from .api import Localization
-    from .boxes import Detection, nms_per_class, rank_classes
-    from .wsol import heat_boxes
-
-    def pick(probs: np.ndarray) -> list[int]:
-        order = np.argsort(-probs)[: loc.topk]
-        return [int(k) for j, k in enumerate(order) if j == 0 or probs[k] >= loc.min_score]
-
-    results = []
-    for start in range(0, len(images), batch_size):
-        chunk = [to_pil(im) for im in images[start : start + batch_size]]
-        for name, h in zip(names[start : start + len(chunk)], class_heat(loc, chunk, pick, loc.scales, batch_size)):
-            dets = []
-            for k, heat in h.heat.items():
-                level = min(loc.threshold.level(heat), 1.0)
-                dets += [Detection(k, loc._label(k), float(h.probs[k]) * s, b)
-                         for s, b in heat_boxes(heat, level, loc.rule, h.size)]
-            dets = nms_per_class(dets, loc.nms_iou)
-            grid = next(iter(h.heat.values())).shape
-            results.append(Localization(name, h.size, (grid[1], grid[0]), round(h.size[0] / grid[1], 4),
-                                        rank_classes(dets, loc.topk), dets, dict(h.heat)))
-    return results
