@@ -29,12 +29,16 @@ from gapvision.localize.evaluate import calibrate, evaluate_localization
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GAPVISION_SHARED", ROOT.parent / "shared"))
 BOXES = SHARED / "data" / "boxes-dev"
-#: until a transfer recipe exists: the explicit options (the shared weights have BatchNorm folded: keep BN frozen)
+#: the default for pretrained weights: the transfer recipe (BatchNorm statistics fixed); --explicit-train gives the
+#: earlier explicit 5-epoch command (freeze bn, AdamW 1e-3) that the recorded results/localize_quality-* used
 BOXES_TRAIN = dict(model="mobilenet_v2", head="gap", weights=str(SHARED / "weights" / "mobilenet_v2-imagenet.pth"),
-                   normalize="half", freeze="bn", epochs=5, skip_bad=True, quiet=True)
+                   normalize="half", skip_bad=True, quiet=True)
+BOXES_TRAIN_EXPLICIT = dict(BOXES_TRAIN, freeze="bn", epochs=5, recipe="none")
 SCENES = "builtin:shapes-scenes"
 SCENES_CALIBRATION = "builtin:shapes-scenes?n=40&seed=1"
 METHODS = ("fcn", "cam", "gradcam")
+#: with --library-methods: pytorch-grad-cam's (scorecam left out: about 40 s an image here)
+LIBRARY = ("gradcam++", "layercam", "xgradcam", "eigencam")
 KEYS = ("top1_loc", "gt_known_loc", "maxboxacc_v2", "presence_f1", "ap50", "mean_iou")
 
 
@@ -45,7 +49,7 @@ def boxes_run(a: argparse.Namespace) -> Path:
     if not (out / "metrics.json").exists():  # a finished run (an interrupted one has weights but no metrics)
         from gapvision.train.pipeline import train
 
-        opts = dict(BOXES_TRAIN)
+        opts = dict(BOXES_TRAIN_EXPLICIT if a.explicit_train else BOXES_TRAIN)
         train(str(BOXES / "images"), opts.pop("model"), opts.pop("head"), out=out, **opts)
     return out
 
@@ -61,14 +65,15 @@ def demo_run(a: argparse.Namespace) -> Path:
     return out
 
 
-def measure(run: Path, data: str, split: str, calib_data: str, calib_split: str, images: int) -> dict:
+def measure(run: Path, data: str, split: str, calib_data: str, calib_split: str, images: int,
+            methods: tuple[str, ...] = METHODS) -> dict:
     """Per method: uncalibrated, then calibrated (on a scratch copy of the run, so the run itself is untouched)."""
     scratch = run.parent / f".{run.name}-bench"
     shutil.rmtree(scratch, ignore_errors=True)
     shutil.copytree(run, scratch, ignore=shutil.ignore_patterns(CALIBRATION_FILE, "checkpoint.pt", "*.onnx"))
     rows = {}
     try:
-        for method in METHODS:
+        for method in methods:
             t = time.perf_counter()
             before = evaluate_localization(str(scratch), data, split=split, method=method, calibration=False)
             entry = calibrate(str(scratch), calib_data, split=calib_split, images=images, method=method)
@@ -109,7 +114,13 @@ def main() -> None:
     p.add_argument("--work", default=str(ROOT / "runs" / "bench-localize"), help="where missing runs are trained")
     p.add_argument("--calibrate-images", type=int, default=32)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--library-methods", action="store_true",
+                   help="add pytorch-grad-cam's methods (" + ", ".join(LIBRARY) + ") to fcn, cam and gradcam")
+    p.add_argument("--explicit-train", action="store_true",
+                   help="train boxes-dev with the earlier explicit command (freeze bn, 5 epochs) instead of the "
+                        "transfer recipe")
     a = p.parse_args()
+    methods = METHODS + (LIBRARY if a.library_methods else ())
     if a.threads:
         import torch
 
@@ -122,13 +133,14 @@ def main() -> None:
         run = boxes_run(a)
         print(f"boxes-dev, run {run}: calibrate on {a.calibrate_images} train images, evaluate on the val split")
         result["boxes_dev"] = {"run": str(run), **measure(run, str(BOXES), "val", str(BOXES), "train",
-                                                           a.calibrate_images)}
+                                                           a.calibrate_images, methods)}
         print(table(result["boxes_dev"]))
         atomic.write_json(path, result)  # each part is kept as soon as it is measured
     if a.part in ("all", "scenes"):
         run = demo_run(a)
         print(f"shapes scenes, run {run}: calibrate on {SCENES_CALIBRATION}, evaluate on {SCENES}")
-        result["shapes_scenes"] = {"run": str(run), **measure(run, SCENES, "all", SCENES_CALIBRATION, "all", 40)}
+        result["shapes_scenes"] = {"run": str(run), **measure(run, SCENES, "all", SCENES_CALIBRATION, "all", 40,
+                                                              methods)}
         print(table(result["shapes_scenes"]))
     atomic.write_json(path, result)
     print(f"written to {path.relative_to(ROOT)}")

@@ -197,10 +197,11 @@ def test_lr_auto_trains_with_the_suggestion(tmp_path):
 
 def test_a_run_that_does_not_learn_says_so_and_one_that_learns_does_not(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    y = np.arange(96) % 2
-    x = (rng.integers(0, 80, (96, 16, 16, 3)) + 150 * y[:, None, None, None]).astype(np.uint8)  # dark vs bright
+    y = np.arange(384) % 2  # enough steps (60) for BatchNorm's running statistics to settle before evaluation
+    x = (rng.integers(0, 80, (384, 16, 16, 3)) + 150 * y[:, None, None, None]).astype(np.uint8)  # dark vs bright
     common = dict(model="fastnet_s", head="gap", optimizer="sgd", epochs=3, img_size=16, workers=0, in_memory="on")
-    stuck = train((x, y), lr=1e-9, out=tmp_path / "stuck", **common)
+    noise = rng.integers(0, 256, (96, 16, 16, 3)).astype(np.uint8)  # nothing to learn, and a tiny lr
+    stuck = train((noise, np.arange(96) % 2), lr=1e-9, out=tmp_path / "stuck", **common)
     warnings = json.loads((tmp_path / "stuck" / "metrics.json").read_text())["warnings"]
     assert len(warnings) == 1 and "not learning" in warnings[0] and "lr-find" in warnings[0]
     assert "after 3 epochs" in warnings[0] and "warning: not learning" in capsys.readouterr().out

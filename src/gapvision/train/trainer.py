@@ -244,7 +244,8 @@ class Trainer:
         majority = float(np.bincount(ev.targets).max()) / len(ev.targets)
         recent = st.history[-NOT_LEARNING_EPOCHS:]
         first, last = st.history[0]["train_loss"], st.history[-1]["train_loss"]
-        if all(abs(r["val_acc"] - majority) <= NOT_LEARNING_MARGIN for r in recent) and last > NOT_LEARNING_LOSS * first:
+        margin = max(NOT_LEARNING_MARGIN, 1 / math.sqrt(len(ev.targets)))  # small sets: two binomial std errors
+        if all(abs(r["val_acc"] - majority) <= margin for r in recent) and last > NOT_LEARNING_LOSS * first:
             message = (f"not learning: validation accuracy {recent[-1]['val_acc']:.3f} after {len(st.history)} epochs is the "
                        f"majority class's share ({majority:.3f}) and the training loss barely moved ({first:.3f} -> "
                        f"{last:.3f}); try {'; '.join(self.learning_hints())}")
