@@ -58,17 +58,20 @@ def prepare_data(opts: DataOptions, seed: int = 0, preprocess: Preprocess | None
     return splits, preprocess
 
 
-def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """The user's ``options`` with the input settings that follow from the model, and the largest input size to take
-    from the data: for pretrained weights under the transfer recipe, the backbone's native size and the normalisation
-    its weights expect (unless set); otherwise at most the native size of the model (gapcnn when none is named)."""
-    from ..models.backbones import native_input
+def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, bool]:
+    """The user's ``options`` with the input settings that follow from the model, the largest input size to take
+    from the data, and whether the model has normalisation layers (the plain defaults' lr depends on it): for
+    pretrained weights under the transfer recipe, the backbone's native size and the normalisation its weights expect
+    (unless set); otherwise at most the native size of the model (gapcnn when none is named). The backbone is built
+    once, to read these."""
+    from ..models.backbones import probe_backbone
 
-    size, normalize = native_input(options.get("model") or "gapcnn")
+    backbone = probe_backbone(options.get("model") or "gapcnn")
+    size, batchnorm = backbone.native_size, has_normalization(backbone)
     if choose_recipe(options, img_size=0) == "transfer":
-        filled = {"img_size": size, "normalize": normalize}
-        return {**filled, **{k: v for k, v in options.items() if v is not None}}, size
-    return options, size
+        filled = {"img_size": size, "normalize": backbone.tv_normalize}
+        return {**filled, **{k: v for k, v in options.items() if v is not None}}, size, batchnorm
+    return options, size, batchnorm
 
 
 FeedFn = Callable[[Classifier, DataSplits, Preprocess, DataOptions, TrainConfig], Feed]
@@ -151,12 +154,12 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
     """The one setup of ``train`` and ``lr_find``: the data, the input settings that follow from the model (native
     size, the weights' normalisation, timm's pretrained config), the recipe, then the network (pretrained weights,
     ``backbone_state`` if given, the folded-BatchNorm check). ``user``: the user's options, None for unset."""
-    filled, max_size = input_defaults(user)
+    filled, max_size, batchnorm = input_defaults(user)
     splits, pre = prepare_data(split_options({"data": data, **filled})[0], seed, preprocess, splits, max_size)
     if preprocess is None:  # timm backbones: their pretrained config's size/mean/std where the user set none
         pre = pretrained_preprocess(pre, user.get("model"), user)
     options, recipe = apply_recipe(filled, img_size=pre.img_size, n_train=len(splits.train),
-                                   batchnorm=has_batchnorm(user.get("model") or "gapcnn"),
+                                   batchnorm=batchnorm,
                                    base={"batch_size": TrainConfig.batch_size, "epochs": TrainConfig.epochs})
     dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
     say = (lambda s: None) if tcfg.quiet else print
@@ -171,12 +174,10 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
     return Prepared(splits, pre, dopts, mopts, tcfg, recipe, net)
 
 
-def has_batchnorm(model: str) -> bool:
-    """Whether backbone ``model`` has normalisation layers (the plain defaults' lr depends on it)."""
-    from ..models.backbones import probe_backbone
-
-    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)  # torchvision's LayerNorm2d too
-    return any(isinstance(m, norms) for m in probe_backbone(model).modules())
+def has_normalization(module: nn.Module) -> bool:
+    """Whether ``module`` has normalisation layers (BatchNorm, GroupNorm, LayerNorm; torchvision's LayerNorm2d too)."""
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+    return any(isinstance(m, norms) for m in module.modules())
 
 
 def check_folded_batchnorm(net: Classifier, weights: str | None, user_freeze: str | None,
