@@ -16,7 +16,6 @@ Writes ``bench/results/localize_quality-<time>.json`` and prints one table per p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import time
@@ -36,7 +35,7 @@ BOXES_TRAIN = dict(model="mobilenet_v2", head="gap", weights=str(SHARED / "weigh
 BOXES_TRAIN_EXPLICIT = dict(BOXES_TRAIN, freeze="bn", epochs=5, recipe="none")
 SCENES = "builtin:shapes-scenes"
 SCENES_CALIBRATION = "builtin:shapes-scenes?n=40&seed=1"
-METHODS = ("fcn", "cam", "gradcam")
+METHODS = ("fcn", "cam", "gradcam", "ddt")
 #: with --library-methods: pytorch-grad-cam's (scorecam left out: about 40 s an image here)
 LIBRARY = ("gradcam++", "layercam", "xgradcam", "eigencam")
 KEYS = ("top1_loc", "gt_known_loc", "maxboxacc_v2", "presence_f1", "ap50", "mean_iou")

@@ -85,7 +85,7 @@ def test_unreadable_image_is_one_line_error_or_counted_skip(case, tmp_path, caps
 
     rc, out, err = _cli([*TRAIN, "--data", data, "--skip-bad", "--out", tmp_path / "ok"], capsys)
     assert rc == 0, err
-    assert f"skipped 1" in out and name in out  # the skip is counted and named
+    assert "skipped 1" in out and name in out  # the skip is counted and named
     notes = json.loads((tmp_path / "ok" / "config.json").read_text())["data_notes"]
     assert any("skipped 1" in n and name in n for n in notes)
     assert gv.load_run(tmp_path / "ok").metrics["val"]["images"] == 2  # a quarter of the 8 readable images

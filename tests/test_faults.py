@@ -40,10 +40,10 @@ SRC = Path(atomic.__file__).resolve().parent
 EPOCHS = 2  # killed/interrupted in epoch 2, resumed to the end (test_train checks longer resumes in-process)
 # Streaming (per-image PIL augmentation, --augment jitter): an epoch lasts long enough for a signal sent when its
 # progress bar shows to land inside it; the in-memory path runs these 20 steps so fast that the signal could arrive
-# after the epoch.
+# after the epoch (so does bf16 autocast, a plain default where the CPU has it: fp32 here).
 RUN = ["--data", "builtin:shapes?n=320&size=32", "--model", "fastnet_s", "--epochs", str(EPOCHS), "--img-size", "32",
        "--batch-size", "16", "--augment", "jitter", "--in-memory", "off", "--workers", "0", "--deterministic", "--seed",
-       "3", "--lr", "0.003"]
+       "3", "--lr", "0.003", "--amp", "off"]
 # SGD at 0.05 for epoch 1, then the step schedule multiplies the rate by 1e8: epoch 2 diverges.
 DIVERGING = ["--data", "builtin:shapes?n=160&size=32", "--model", "fastnet_s", "--epochs", str(EPOCHS), "--img-size",
              "32", "--batch-size", "16", "--augment", "none", "--workers", "0", "--optimizer", "sgd", "--lr", "0.05",

@@ -13,7 +13,7 @@ from torch import nn
 
 from gapvision.cli import main
 from gapvision.data.transforms import Preprocess
-from gapvision.errors import ConfigError, GapvisionError
+from gapvision.errors import ConfigError
 from gapvision.localize import (
     Detection, Threshold, component_boxes, evaluate_scenes, grad_cam, localize, nms_per_class, otsu_threshold,
     rank_classes, score_detections, to_fcn, upsample,

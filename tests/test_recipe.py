@@ -40,9 +40,20 @@ def test_explicit_options_always_win_and_the_note_lists_what_the_recipe_filled()
     assert note == {"name": "fast", "from_recipe": sorted(set(FAST) - {"model", "epochs", "lr"})}
     opts, note = apply_recipe({"lr": 0.1, "model": None}, img_size=32, n_train=100)
     # no recipe: the user's options, and the plain defaults that follow from the data (a small set: a smaller batch
-    # and the epochs for PLAIN_MIN_STEPS steps; see test_transfer.py)
-    assert opts == {"lr": 0.1, "recipe": "none", "batch_size": 16, "epochs": 29} and note["from_recipe"] == []
-    assert note["from_defaults"] == ["batch_size", "epochs"]
+    # and the epochs for PLAIN_STEPS steps, at most PLAIN_MAX_EPOCHS) and the hardware (channels-last)
+    assert opts == {"lr": 0.1, "recipe": "none", "batch_size": 16, "epochs": recipes.PLAIN_MAX_EPOCHS,
+                    "channels_last": "on"} and note["from_recipe"] == []
+    assert note["from_defaults"] == ["batch_size", "channels_last", "epochs"]
+
+
+def test_plain_defaults_give_small_sets_enough_steps_and_bf16_where_it_is_fast():
+    shapes = recipes.plain_values(1600, 64, 10)  # builtin:shapes: batch 16, 100 steps an epoch
+    assert shapes["batch_size"] == 16 and shapes["epochs"] * 100 == recipes.PLAIN_STEPS and "amp" not in shapes
+    assert "batch_size" not in recipes.plain_values(50_000, 64, 10)  # mid-sized data: TrainConfig's batch, epochs
+    assert "epochs" not in recipes.plain_values(50_000, 64, 10)
+    assert recipes.plain_values(1600, 64, 10, bf16=True)["amp"] == "on"
+    assert recipes.plain_values(1600, 64, 10, {"amp": "off", "epochs": 2}, bf16=True) == {"batch_size": 16,
+                                                                                           "channels_last": "on"}
 
 
 def test_recipe_scales_batch_lr_and_epochs_to_the_data(monkeypatch):
@@ -73,8 +84,9 @@ def test_train_records_the_resolved_recipe_in_config(tmp_path):
     plain = train(TINY, out=tmp_path / "plain", optimizer="adam", **QUICK)  # a hyperparameter: no recipe
     cfg = json.loads((plain.path / "config.json").read_text())
     assert cfg["recipe"]["name"] == "none" and cfg["recipe"]["from_recipe"] == [] and cfg["train"]["recipe"] == "none"
-    assert cfg["recipe"]["from_defaults"] == ["batch_size", "lr"]  # a small set; gapcnn has no BatchNorm
-    assert cfg["train"]["lr"] == recipes.NO_BN_LR["adam"]  # the lr that goes with the user's optimiser
+    bf16 = ["amp"] if recipes.native_bf16("cpu") else []  # bf16 autocast where the CPU runs it natively
+    assert cfg["recipe"]["from_defaults"] == sorted(["batch_size", "channels_last", *bf16])  # a small set: its batch
+    assert cfg["model_options"]["init"] == "data"  # gapcnn has no BatchNorm: a data-dependent start
     assert cfg["model"]["model"] == "gapcnn" and cfg["train"]["ema"] == 0.0 and cfg["train"]["tta"] == "off"
 
 

@@ -17,7 +17,7 @@ from gapvision.models.classifier import create_model
 from gapvision.models.weights import batchnorm_is_folded
 from gapvision.train.config import TrainConfig, parse_lr
 from gapvision.train.lr_find import sweep, valley
-from gapvision.train.optim import lr_factor, param_groups
+from gapvision.train.optim import lr_factor
 from gapvision.train.pipeline import make_batches, prepare_data, resume, split_options, train
 from gapvision.train.recipes import TRANSFER, apply_recipe, choose_recipe
 from gapvision.train.trainer import Trainer
@@ -153,6 +153,55 @@ def test_nets_without_batchnorm_get_kaiming_init_that_keeps_the_signal():
         with torch.no_grad():
             out = bb(torch.randn(4, 3, 64, 64))
         assert float(out.pow(2).mean().sqrt()) > 0.1, name  # PyTorch's default init shrinks it ~100x over the depth
+
+
+def test_data_dependent_init_standardises_each_conv_by_its_relu_output_in_order():
+    from gapvision.models.data_init import data_dependent_init
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Dropout2d(0.3),
+                        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(inplace=True))
+    x = torch.rand(16, 3, 12, 12) * 2 + 1  # a large common mode, as images have
+    expect = [net[0], net[4]]
+    w = [expect[0].weight.detach().clone(), expect[1].weight.detach().clone()]
+    b = [expect[0].bias.detach().clone(), expect[1].bias.detach().clone()]
+    with torch.no_grad():  # the rule by hand: z <- (z - mean(relu z)) / std(relu z), channel by channel, in order
+        z = torch.nn.functional.conv2d(x, w[0], b[0], padding=1)
+        a = z.clamp_min(0)
+        mu, sd = a.mean(dim=(0, 2, 3)), a.std(dim=(0, 2, 3))
+        w[0], b[0] = w[0] / sd.view(-1, 1, 1, 1), (b[0] - mu) / sd
+        h = torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(x, w[0], b[0], padding=1).clamp_min(0), 2)
+        a = torch.nn.functional.conv2d(h, w[1], b[1], padding=1).clamp_min(0)
+        mu, sd = a.mean(dim=(0, 2, 3)), a.std(dim=(0, 2, 3))
+        w[1], b[1] = w[1] / sd.view(-1, 1, 1, 1), (b[1] - mu) / sd
+    net.train()
+    assert data_dependent_init(net, x) == 2 and net.training  # both convs set (dropout off while measuring)
+    for conv, wk, bk in zip(expect, w, b):
+        assert torch.allclose(conv.weight, wk, atol=1e-5) and torch.allclose(conv.bias, bk, atol=1e-5)
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+    assert 0.05 < float((out > 0).float().mean()) < 0.5  # sparser than the Kaiming start's half, not dead
+
+
+def test_nets_without_batchnorm_start_from_the_data_and_others_as_built(tmp_path):
+    def start(model, **kw):
+        run = train(TINY, model=model, out=tmp_path / f"{model}-{len(kw)}", epochs=1, seed=3, **QUICK, **kw)
+        return run.config["model_options"]["init"]
+
+    assert start("gapcnn") == "data"  # no normalisation layers: data-dependent
+    assert start("gapcnn", init="default") == "default"
+    assert start("fastnet_s") == "default"  # BatchNorm: as built
+    assert start("fastnet_s", init="data") == "data"
+    # the same seed gives the same data-dependent start (the batch it measures is seeded, the RNG left alone)
+    from gapvision.train.pipeline import prepare_run
+
+    def prepared():
+        torch.manual_seed(3)
+        return prepare_run(TINY, {"model": "gapcnn", **QUICK}, seed=3).net
+
+    nets = [prepared(), prepared()]
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()))
 
 
 def test_valley_suggests_the_steep_part_of_a_known_curve():

@@ -177,3 +177,47 @@ def test_calibration_round_trip_through_the_run_directory(tmp_path, colour_voc):
     (tmp_path / "run" / CALIBRATION_FILE).write_text("{broken")
     with pytest.raises(GapvisionError, match="localize.json is damaged"):
         read_calibration(run)
+
+
+def test_ddt_maps_project_on_each_class_principal_direction():
+    from gapvision.localize.ddt import fit_classes
+
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    obj = torch.tensor([3.0, 0.0, 0.0, 1.0])  # class 0's objects; the background is small noise
+    per_image = []
+    for _ in range(6):
+        d = 0.1 * torch.randn(20, 4, generator=gen)
+        d[:5] += obj
+        per_image.append(d)
+    pca = fit_classes(per_image, [0] * 6, 2)
+    assert float(pca.direction[0] @ obj) / float(obj.norm()) > 0.99  # along the objects, signed towards them
+    assert float(pca.direction[1].abs().sum()) == 0.0 and pca.images == 6  # no training image of class 1
+    f = torch.zeros(1, 4, 3, 3)
+    f[0, :, 1, 1] = obj
+    m = pca.maps(f, torch.tensor([[0, 1]]))
+    assert m.shape == (1, 2, 3, 3) and float(m[0, 0].argmax()) == 4 and float(m[0, 0, 1, 1]) > 0 > float(m[0, 0, 0, 0])
+    assert float(m[0, 1].abs().max()) == 0.0
+
+
+def test_ddt_fits_on_the_run_training_split_keeps_it_and_boxes_the_object(tmp_path, colour_voc):
+    from gapvision.localize.ddt import DDT_FILE, descriptor_pca
+
+    (tmp_path / "run").mkdir()
+    cfg = {"classes": COLOUR_CLASSES, "preprocess": COLOUR_PRE.to_dict(), "model": colour_model().config.to_dict(),
+           "seed": 0, "data": {"data": str(colour_voc / "images"), "val_split": 0.5}}
+    run = Run(tmp_path / "run", cfg, model=colour_model())
+    loc = Localizer(run, method="ddt", calibration=False)
+    assert (tmp_path / "run" / DDT_FILE).is_file() and loc.ddt.images == 6  # the train half of 12 images
+    again = descriptor_pca(run, loc.net, loc.device)  # read back from the run directory, not fitted again
+    assert again.images == 6 and bool((again.direction == loc.ddt.direction).all())
+    img = square_image(0, (10, 8, 30, 28))
+    for opts in ({}, {"scales": (1.0, 2.0)}):
+        (found,) = localize(run, [img], method="ddt", calibration=False, threshold=0.5, **opts)
+        assert found["detections"][0]["label"] == "red", opts
+        assert found["detections"][0]["box"] == pytest.approx([10, 8, 30, 28], abs=1.6), opts
+    scores = evaluate_localization(run, str(colour_voc), split="val", method="ddt", scales=(1.0,))
+    assert scores["method"] == "ddt" and scores["gt_known_loc"] == 1.0 and scores["maxboxacc_v2"] == 1.0
+    arrays = Run(None, {**cfg, "data": {"data": "<arrays>"}}, model=colour_model())
+    with pytest.raises(GapvisionError, match="in-memory arrays"):
+        Localizer(arrays, method="ddt", calibration=False)

@@ -13,8 +13,11 @@ NORMALIZE_MODES = ("auto", "imagenet", "half", "caffe")  # auto: statistics of t
 CHANNELS = ("1", "3", "auto")
 IN_MEMORY_MODES = ("auto", "on", "off")
 FREEZE = ("none", "backbone", "bn")
+#: --init: auto = data-dependent for a network without normalisation layers trained from scratch (models/data_init.py)
+INITS = ("auto", "data", "default")
 SWITCHES = ("auto", "on", "off")  # --amp, --channels-last
 #: localize --method: our own (fcn, cam, gradcam) and pytorch-grad-cam's (name -> its class, localize/gradcam_lib.py)
 LIBRARY_CAM_METHODS = {"gradcam++": "GradCAMPlusPlus", "scorecam": "ScoreCAM", "layercam": "LayerCAM",
                        "eigencam": "EigenCAM", "xgradcam": "XGradCAM"}
-LOCALIZE_METHODS = ("fcn", "cam", "gradcam", *LIBRARY_CAM_METHODS)
+#: ddt: the first principal component of the backbone descriptors (localize/ddt.py)
+LOCALIZE_METHODS = ("fcn", "cam", "gradcam", "ddt", *LIBRARY_CAM_METHODS)

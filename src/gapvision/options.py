@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .choices import AUGMENTS, CHANNELS, FREEZE, IN_MEMORY_MODES, NORMALIZE_MODES, SWITCHES
+from .choices import AUGMENTS, CHANNELS, FREEZE, IN_MEMORY_MODES, INITS, NORMALIZE_MODES, SWITCHES
 from .train.config import CACHE_FEATURES, OPTIMIZERS, RECIPES, SCHEDULES, TTA_MODES, TrainConfig
 
 LOAD = {"load": True}  # metadata of the DataOptions fields that are keyword arguments of load_data / load_images
@@ -58,6 +58,7 @@ class ModelOptions:
     hidden: int = 256
     weights: str | None = None
     freeze: str = "none"
+    init: str = "auto"
 
 
 GROUPS = (DataOptions, ModelOptions, TrainConfig)
@@ -68,7 +69,8 @@ OPTION_NAMES = tuple(f.name for g in GROUPS for f in fields(g) if f.name not in 
 #: the allowed values of each option that has a fixed set (the flags' choices; the dataclasses/consumers check them)
 CHOICES: dict[str, tuple[str, ...]] = {
     "channels": CHANNELS, "normalize": NORMALIZE_MODES, "augment": AUGMENTS, "in_memory": IN_MEMORY_MODES,
-    "freeze": FREEZE, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": SWITCHES, "channels_last": SWITCHES,
+    "freeze": FREEZE, "init": INITS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": SWITCHES,
+    "channels_last": SWITCHES,
     "recipe": RECIPES, "tta": TTA_MODES, "cache_features": CACHE_FEATURES,
 }
 TYPES = {"int": int, "float": float, "int | None": int, "float | None": float}
@@ -126,6 +128,8 @@ MODEL_HELP: dict[str, str | tuple[str, str]] = {
     "hidden": "hidden width of the fc head",
     "weights": "pretrained weights: FILE (.pth/.safetensors), a run directory, or torchvision:DEFAULT",
     "freeze": "freeze the backbone, or only BatchNorm statistics",
+    "init": "starting weights without --weights: data = each conv scaled to zero-mean, unit-variance outputs on a "
+            "batch of training images (auto: for networks without normalisation layers), default = the builder's",
 }
 TRAIN_HELP: dict[str, str | tuple[str, str]] = {
     "epochs": "", "batch_size": "images per step; under torchrun the global batch, split evenly across the processes",

@@ -29,7 +29,8 @@ from ..models.classifier import Classifier, create_model
 from ..models.heads import HEADS
 from ..models.timm_backbone import pretrained_preprocess
 from ..runs import Run, default_run_dir, load_checkpoint, load_run
-from ..train.pipeline import DataOptions, FeedFn, ModelOptions, prepare_data, resume, split_options, train
+from ..train.pipeline import (DataOptions, FeedFn, ModelOptions, has_normalization, initialise, prepare_data, resume,
+                              split_options, train)
 from ..train.trainer import TrainingDiverged, seed_everything
 from .features import FeatureStore, cache_blocker, map_bytes
 from .summary import write_summary
@@ -249,9 +250,11 @@ def limit_images(splits: DataSplits, max_images: int, seed: int) -> DataSplits:
 def initial_model(mopts: ModelOptions, splits: DataSplits, pre: Preprocess, seed: int, verbose: bool) -> Classifier:
     """The network ``train(..., seed=seed)`` starts from (the head is irrelevant: the backbone is built first)."""
     seed_everything(seed)
-    return create_model(mopts.model, mopts.head, len(splits.classes), in_channels=pre.channels, img_size=pre.img_size,
-                        dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze,
-                        verbose=verbose)
+    net = create_model(mopts.model, mopts.head, len(splits.classes), in_channels=pre.channels, img_size=pre.img_size,
+                       dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze,
+                       verbose=verbose)
+    initialise(net, mopts, splits, pre, has_normalization(net.backbone), seed)  # as train's start (--init)
+    return net
 
 
 def choose_path(features: str, net: Classifier, splits: DataSplits, pre: Preprocess, dopts: DataOptions, tcfg: Any,
@@ -296,8 +299,9 @@ def _run_one(run_dir: Path, state: str, head: str, seed: int, data: Any, model: 
             if distributed.current().is_main:
                 shutil.rmtree(run_dir)
             distributed.barrier()
+        # fp32 unless asked: the cached feature maps are fp32, and the cached and streaming paths must agree
         train(data, model, head, out=run_dir, splits=splits, preprocess=pre, backbone_state=backbone_state, feed=feed,
-              **{**options, "seed": seed})
+              **{"amp": "off", **options, "seed": seed})
     except TrainingDiverged as e:
         say(f"note: {head} (seed {seed}) diverged; it is reported as such: {e}")
     except Interrupted:

@@ -13,6 +13,9 @@ Methods:
   * ``cam`` -- the classes the image-level prediction ranks highest (probability >= ``min_score``), each with its
     class activation map scaled to [0, 1]; a box's score is the class probability times the region's peak.
   * ``gradcam`` -- like ``cam`` with Grad-CAM maps at ``layer`` (default: the last feature map); works for any CNN.
+  * ``ddt`` -- like ``cam``, with each class's map the backbone descriptors projected on the first principal
+    component of that class's training descriptors (Deep Descriptor Transforming; see :mod:`.ddt`), which covers
+    whole objects where class maps mark the parts that tell the classes apart.
   * ``gradcam++``, ``scorecam``, ``layercam``, ``eigencam``, ``xgradcam`` -- like ``gradcam``, with the maps of
     pytorch-grad-cam (``pip install 'gapvision[cam]'``, see :mod:`.gradcam_lib`).
 
@@ -46,9 +49,9 @@ from .video import is_video, read_frames
 from .wsol import RULES, heat_boxes, unit_range
 
 METHODS = LOCALIZE_METHODS
-DEFAULT_THRESHOLD = {"fcn": "50%", "cam": "50%", "gradcam": "50%", **{m: "50%" for m in LIBRARY_METHODS}}
+DEFAULT_THRESHOLD = {"fcn": "50%", "cam": "50%", "gradcam": "50%", "ddt": "50%", **{m: "50%" for m in LIBRARY_METHODS}}
 BACKGROUNDS = ("blank", "none")
-DEFAULT_MIN_SCORE = {"fcn": 0.9, "cam": 0.2, "gradcam": 0.2, **{m: 0.2 for m in LIBRARY_METHODS}}
+DEFAULT_MIN_SCORE = {"fcn": 0.9, "cam": 0.2, "gradcam": 0.2, "ddt": 0.2, **{m: 0.2 for m in LIBRARY_METHODS}}
 MULTISCALE_MIN_SCORE = 0.5  # class probability at the training size (multi-scale path, uncalibrated)
 DEFAULT_RULE = "largest"  # box rule of the multi-scale path and the never-empty fallback (uncalibrated)
 CONFIDENT = 0.5  # a top-1 class at least this probable always gets a box
@@ -168,9 +171,14 @@ class Localizer:
         self.pre = run.preprocess
         predictor = run.use_device(device)  # the run's one model placement (devices.choose_device)
         self.device = predictor.device
-        gradients = method not in ("fcn", "cam")  # gradcam and the pytorch-grad-cam methods: the plain network
+        gradients = method not in ("fcn", "cam")  # gradcam, ddt and pytorch-grad-cam's methods: the plain network
         self.fcn = None if gradients else predictor.fcn
         self.net = predictor.net if gradients else None
+        self.ddt = None
+        if method == "ddt":
+            from .ddt import descriptor_pca
+
+            self.ddt = descriptor_pca(run, self.net, self.device)
         self.reference = None
         if method == "fcn" and background == "blank" and not multilabel:
             self.reference = background_reference(self.fcn, self.pre.channels, self.pre.img_size)  # type: ignore[arg-type]
@@ -269,6 +277,12 @@ class Localizer:
             probs = self._probs(maps.image_logits)
             chosen = probs.topk(min(self.topk, probs.shape[1]), dim=1).indices
             fmaps = maps.logits.gather(1, chosen[:, :, None, None].expand(-1, -1, *maps.logits.shape[-2:]))
+        elif self.method == "ddt":
+            with torch.no_grad():
+                feats = self.net.features(x)  # type: ignore[union-attr]
+                probs = self._probs(self.net.head(feats))  # type: ignore[union-attr]
+            chosen = probs.topk(min(self.topk, probs.shape[1]), dim=1).indices
+            fmaps = self.ddt.maps(feats.float(), chosen)  # type: ignore[union-attr]
         else:
             with torch.no_grad():
                 probs = self._probs(self.net(x))  # type: ignore[misc]

@@ -23,7 +23,8 @@ def register(sub: Any) -> None:
     p.add_argument("--out", help="output folder (without it, results are only printed)")
     p.add_argument("--method", choices=list(METHODS),
                    help="fcn: exact class maps, all classes in one pass (default, or the calibrated method); cam; "
-                   "gradcam; and through pytorch-grad-cam (pip install 'gapvision[cam]'): " + ", ".join(LIBRARY_METHODS))
+                   "gradcam; ddt: the backbone descriptors' first principal component over the training images (whole objects, "
+                   "the classifier's class); and through pytorch-grad-cam (pip install 'gapvision[cam]'): " + ", ".join(LIBRARY_METHODS))
     p.add_argument("--threshold", help="box extent: a fraction of each region's peak (50%%, default), otsu, or a "
                    "probability (fcn) / map value (cam, gradcam) such as 0.7")
     p.add_argument("--min-score", type=float, help="fcn: the probability a class region must reach (default 0.9); "

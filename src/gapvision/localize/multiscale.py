@@ -9,7 +9,9 @@ map of the view the classifier knows; the average keeps what both agree on. The 
 * ``cam``: the class logit maps of the fully-convolutional model (Zhou et al.'s CAM for GAP heads);
 * ``fcn``: the per-location class probabilities of the fully-convolutional model (softmax over the classes and,
   with the blank-image reference, a background logit 0): a class's map is low where another class wins;
-* ``gradcam``: Grad-CAM at the Localizer's layer.
+* ``gradcam``: Grad-CAM at the Localizer's layer;
+* ``ddt``: the descriptors' projection on the first principal component of the class's training descriptors
+  (see :mod:`.ddt`).
 
 The maps are exact per scale (fcn: spatial mean == logits); only how they become boxes changes.
 """
@@ -107,7 +109,13 @@ def _heat_batch(loc: "Localizer", pils: list, wanted: Sequence[Sequence[int]] | 
 
 def _scale_maps(loc: "Localizer", x: torch.Tensor, chosen: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """The method's maps of ``chosen`` (N x k) classes at this input, each scaled to [0, 1], on ``grid``."""
-    if loc.method not in ("fcn", "cam"):  # gradcam and pytorch-grad-cam's methods: gradients of the plain network
+    if loc.method == "ddt":  # each class's principal direction of the training descriptors (localize/ddt.py)
+        with torch.inference_mode():
+            feats = loc.net.features(x).float()  # type: ignore[union-attr]
+        maps = loc.ddt.maps(feats, chosen)  # type: ignore[union-attr]
+        where = (None, None)
+        scale = grid[0] / x.shape[-1]
+    elif loc.method not in ("fcn", "cam"):  # gradcam and pytorch-grad-cam's methods: gradients of the plain network
         maps, _ = explain(loc.net, x, chosen, loc.method, loc.layer)  # type: ignore[arg-type]
         where: tuple = (None, None)
         scale = grid[0] / x.shape[-1]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -58,20 +59,24 @@ def prepare_data(opts: DataOptions, seed: int = 0, preprocess: Preprocess | None
     return splits, preprocess
 
 
-def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, bool]:
+def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, bool]]:
     """The user's ``options`` with the input settings that follow from the model, the largest input size to take
-    from the data, and whether the model has normalisation layers (the plain defaults' lr depends on it): for
-    pretrained weights under the transfer recipe, the backbone's native size and the normalisation its weights expect
-    (unless set); otherwise at most the native size of the model (gapcnn when none is named). The backbone is built
-    once, to read these."""
+    from the data, and what the plain defaults need to know of the network (``batchnorm``: it has normalisation
+    layers; ``bf16``: bf16 autocast is fast for it here): for pretrained weights under the transfer recipe, the
+    backbone's native size and the normalisation its weights expect (unless set); otherwise at most the native size
+    of the model (gapcnn when none is named). The backbone is built once, to read these."""
     from ..models.backbones import probe_backbone
+    from .recipes import native_bf16
 
     backbone = probe_backbone(options.get("model") or "gapcnn")
-    size, batchnorm = backbone.native_size, has_normalization(backbone)
+    grouped = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in backbone.modules())
+    traits = {"batchnorm": has_normalization(backbone),
+              "bf16": not grouped and native_bf16(str(options.get("device") or "auto"))}
+    size = backbone.native_size
     if choose_recipe(options, img_size=0) == "transfer":
         filled = {"img_size": size, "normalize": backbone.tv_normalize}
-        return {**filled, **{k: v for k, v in options.items() if v is not None}}, size, batchnorm
-    return options, size, batchnorm
+        return {**filled, **{k: v for k, v in options.items() if v is not None}}, size, traits
+    return options, size, traits
 
 
 FeedFn = Callable[[Classifier, DataSplits, Preprocess, DataOptions, TrainConfig], Feed]
@@ -87,7 +92,7 @@ def run_config(data: DataOptions, model: ModelOptions, mcfg: ModelConfig, pre: P
         "data": data.to_dict(),
         "preprocess": pre.to_dict(),
         "model": mcfg.to_dict(),
-        "model_options": {"weights": model.weights, "freeze": model.freeze},
+        "model_options": {"weights": model.weights, "freeze": model.freeze, "init": model.init},
         "train": tcfg.to_dict(),
         "classes": list(classes),
         "seed": tcfg.seed,
@@ -154,12 +159,11 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
     """The one setup of ``train`` and ``lr_find``: the data, the input settings that follow from the model (native
     size, the weights' normalisation, timm's pretrained config), the recipe, then the network (pretrained weights,
     ``backbone_state`` if given, the folded-BatchNorm check). ``user``: the user's options, None for unset."""
-    filled, max_size, batchnorm = input_defaults(user)
+    filled, max_size, traits = input_defaults(user)
     splits, pre = prepare_data(split_options({"data": data, **filled})[0], seed, preprocess, splits, max_size)
     if preprocess is None:  # timm backbones: their pretrained config's size/mean/std where the user set none
         pre = pretrained_preprocess(pre, user.get("model"), user)
-    options, recipe = apply_recipe(filled, img_size=pre.img_size, n_train=len(splits.train),
-                                   batchnorm=batchnorm,
+    options, recipe = apply_recipe(filled, img_size=pre.img_size, n_train=len(splits.train), bf16=traits["bf16"],
                                    base={"batch_size": TrainConfig.batch_size, "epochs": TrainConfig.epochs})
     dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
     say = (lambda s: None) if tcfg.quiet else print
@@ -170,8 +174,29 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
                        verbose=not tcfg.quiet)
     if backbone_state is not None:
         net.backbone.load_state_dict(backbone_state)
+    if backbone_state is None:
+        mopts.init = initialise(net, mopts, splits, pre, traits["batchnorm"], seed)
     mopts.freeze = check_folded_batchnorm(net, mopts.weights, user.get("freeze"), say)
     return Prepared(splits, pre, dopts, mopts, tcfg, recipe, net)
+
+
+INIT_IMAGES = 64  # the batch of training images that the data-dependent initialisation measures
+
+
+def initialise(net: Classifier, mopts: ModelOptions, splits: DataSplits, pre: Preprocess, batchnorm: bool,
+               seed: int = 0) -> str:
+    """Apply ``--init`` to a network trained from scratch and return what was done (recorded in config.json):
+    ``data`` (:func:`~gapvision.models.data_init.data_dependent_init` of the backbone on INIT_IMAGES training images,
+    for ``--init auto`` when the backbone has no normalisation layers) or ``default`` (the builder's weights; always
+    with pretrained ``--weights``)."""
+    if mopts.weights or mopts.init == "default" or (mopts.init == "auto" and batchnorm):
+        return "default"
+    from ..models.data_init import data_dependent_init
+
+    pick = np.sort(np.random.default_rng(seed).permutation(len(splits.train))[:INIT_IMAGES])
+    x, _ = next(iter(make_batches(splits.train.subset(pick), pre, len(pick), workers=0).epoch(0)))
+    data_dependent_init(net.backbone, x)
+    return "data"
 
 
 def has_normalization(module: nn.Module) -> bool:

@@ -74,15 +74,12 @@ AUTO_MAX_SIZE = 64
 HYPERPARAMETERS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
                    "backbone_lr", "freeze_lr")
 MIN_STEPS = 300  # small data sets: enough epochs for at least this many optimisation steps (fast recipe)
-PLAIN_MIN_STEPS = 200  # the same for the plain defaults
+#: the plain defaults on a small set: a batch that gives about PLAIN_STEPS_PER_EPOCH steps an epoch (builtin:shapes'
+#: 1600 images: 16) and the epochs for PLAIN_STEPS steps in all: gapcnn (Dropout2d, data-dependent start) reaches 0.91
+#: validation accuracy on builtin:shapes at 64 px after 400 steps of 16 and 0.998 after 500 (bench/no_bn_defaults.py)
+PLAIN_STEPS_PER_EPOCH = 100
+PLAIN_STEPS = 600
 PLAIN_MAX_EPOCHS = 40
-# networks without BatchNorm (gapcnn, cifarcnn, vgg*): Nesterov SGD at 0.01 leaves the plateau at chance where AdamW
-# at 1e-3 or 3e-4 stays on it (gapcnn on builtin:shapes, 32 px, batch 16: validation accuracy 0.42 after 750 steps
-# and 0.83 after 1000 with SGD, 0.25 after 750 with AdamW 3e-4; 300 steps of AdamW 1e-3/3e-4/1e-4, with Kaiming,
-# LSUV, zero or small head init, with or without dropout: all 0.22-0.27). bench/no_bn_defaults.py.
-NO_BN_OPTIMIZER = "sgd"
-NO_BN_LR = {"sgd": 0.01, "adam": 3e-4, "adamw": 3e-4, "rmsprop": 3e-4}
-
 
 def choose_recipe(options: dict[str, Any], img_size: int) -> str:
     """The recipe that applies to ``options`` (the user's, None for unset) at ``img_size``: transfer, fast or none.
@@ -122,17 +119,17 @@ def recipe_values(name: str, n_train: int, device: str = "auto", batch_size: int
     return values
 
 
-def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int, batchnorm: bool = True,
-                 base: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int,
+                 base: dict[str, Any] | None = None, bf16: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """``options`` (the user's; None = unset) completed by the recipe that applies, and a note for config.json:
     ``{"name": ..., "from_recipe": [option names filled by the recipe]}``; without a recipe the plain defaults that
-    depend on the data and the network (:func:`plain_values`, listed as ``from_defaults``). ``batchnorm``: whether
-    the network has normalisation layers; ``base``: TrainConfig's defaults (batch_size, epochs)."""
+    depend on the data (:func:`plain_values`, listed as ``from_defaults``). ``base``: TrainConfig's defaults
+    (batch_size, epochs); ``bf16``: whether bf16 autocast is fast for this network here (plain defaults only)."""
     name = choose_recipe(options, img_size)
     given = {k: v for k, v in options.items() if v is not None}
     if name == "none":
         base = base or {}
-        defaults = plain_values(n_train, batchnorm, base.get("batch_size", 64), base.get("epochs", 10), given)
+        defaults = plain_values(n_train, base.get("batch_size", 64), base.get("epochs", 10), given, bf16)
         return {**defaults, **given, "recipe": "none"}, {"name": "none", "from_recipe": [],
                                                          "from_defaults": sorted(defaults)}
     values = recipe_values(name, n_train, str(given.get("device", "auto")), given.get("batch_size"))
@@ -140,26 +137,26 @@ def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int, batchn
     return {**filled, **given, "recipe": name}, {"name": name, "from_recipe": sorted(filled)}
 
 
-def plain_values(n_train: int, batchnorm: bool = True, base_batch: int = 64, base_epochs: int = 10,
-                 given: dict[str, Any] | None = None) -> dict[str, Any]:
+def plain_values(n_train: int, base_batch: int = 64, base_epochs: int = 10, given: dict[str, Any] | None = None,
+                 bf16: bool = False) -> dict[str, Any]:
     """The plain defaults that follow from the data and the network (TrainConfig's own, ``base_batch`` and
     ``base_epochs``, are for mid-sized data):
-    a small training set gets a smaller batch (the power of two nearest n_train / 16, 16 to 64) and the epochs for at
-    least PLAIN_MIN_STEPS steps; a network without BatchNorm gets NO_BN_OPTIMIZER and its NO_BN_LR (measured:
-    bench/backbones.py). Only what the user did not set (``given``) is returned."""
+
+    * a small training set gets a smaller batch (the power of two nearest n_train / PLAIN_STEPS_PER_EPOCH, 16 to
+      ``base_batch``) and the epochs for PLAIN_STEPS optimisation steps (at most PLAIN_MAX_EPOCHS);
+    * channels-last memory, and bf16 autocast where it is fast (``bf16``: the hardware runs bf16 natively and the
+      network has no grouped convolutions, which oneDNN runs slower in bf16: bench/backbones.py).
+
+    (A network without BatchNorm trains with the same optimiser once its start is data-dependent:
+    models/data_init.py.) Only what the user did not set (``given``) is returned."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
-    values: dict[str, Any] = {}
-    bs = int(min(base_batch, max(16, 2 ** round(math.log2(max(1, n_train) / 16)))))
-    if bs != base_batch:
+    values: dict[str, Any] = {"channels_last": "on"}
+    bs = int(min(base_batch, max(16, 2 ** round(math.log2(max(1, n_train) / PLAIN_STEPS_PER_EPOCH)))))
+    if bs != base_batch:  # a small set: the batch and the epochs for PLAIN_STEPS steps
         values["batch_size"] = bs
-    epochs = max(base_epochs, math.ceil(PLAIN_MIN_STEPS / max(1, math.ceil(n_train / bs))))
-    if epochs != base_epochs:
-        values["epochs"] = min(epochs, PLAIN_MAX_EPOCHS)
-    if not batchnorm:
-        optimizer = given.get("optimizer") or NO_BN_OPTIMIZER
-        if "optimizer" not in given:
-            values["optimizer"] = optimizer
-        values["lr"] = NO_BN_LR[optimizer]
+        values["epochs"] = min(PLAIN_MAX_EPOCHS, math.ceil(PLAIN_STEPS / max(1, math.ceil(n_train / bs))))
+    if bf16:
+        values["amp"] = "on"
     return {k: v for k, v in values.items() if k not in given}
 
 
