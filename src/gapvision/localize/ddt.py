@@ -91,7 +91,8 @@ def descriptor_pca(run: Run, net: torch.nn.Module, device: torch.device, *, refi
     path = Path(run.path) / DDT_FILE if getattr(run, "path", None) else None
     if path is not None and path.is_file() and not refit:
         t = load_file(str(path))
-        return DescriptorPCA(t["mean"], t["direction"], int(t["images"].item()))
+        if t["mean"].ndim == 2 and len(t["mean"]) == len(run.classes):  # else from another model: fitted again
+            return DescriptorPCA(t["mean"], t["direction"], int(t["images"].item()))
     images, labels = training_images(run)
     pca = fit_classes(descriptors(net, images, run.preprocess, device), labels, len(run.classes))
     if path is not None:
