@@ -75,8 +75,8 @@ HYPERPARAMETERS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "w
                    "backbone_lr", "freeze_lr")
 MIN_STEPS = 300  # small data sets: enough epochs for at least this many optimisation steps (fast recipe)
 #: the plain defaults on a small set: a batch that gives about PLAIN_STEPS_PER_EPOCH steps an epoch (builtin:shapes'
-#: 1600 images: 16) and the epochs for PLAIN_STEPS steps in all: gapcnn (Dropout2d, data-dependent start) reaches 0.91
-#: validation accuracy on builtin:shapes at 64 px after 400 steps of 16 and 0.998 after 500 (bench/no_bn_defaults.py)
+#: 1600 images: 16) and the epochs for PLAIN_STEPS steps in all: gapcnn (Dropout2d, data-dependent start) reaches 0.885
+#: validation accuracy on builtin:shapes at 64 px after 400 steps of 16 and 0.993 after 500 (bench/no_bn_defaults.py)
 PLAIN_STEPS_PER_EPOCH = 100
 PLAIN_STEPS = 600
 PLAIN_MAX_EPOCHS = 40
@@ -145,7 +145,7 @@ def plain_values(n_train: int, base_batch: int = 64, base_epochs: int = 10, give
     * a small training set gets a smaller batch (the power of two nearest n_train / PLAIN_STEPS_PER_EPOCH, 16 to
       ``base_batch``) and the epochs for PLAIN_STEPS optimisation steps (at most PLAIN_MAX_EPOCHS);
     * channels-last memory, and bf16 autocast where it is fast (``bf16``: the hardware runs bf16 natively and the
-      network has no grouped convolutions, which oneDNN runs slower in bf16: bench/backbones.py).
+      network has no grouped convolutions, which oneDNN runs slower in bf16: bench/precision_speed.py).
 
     (A network without BatchNorm trains with the same optimiser once its start is data-dependent:
     models/data_init.py.) Only what the user did not set (``given``) is returned."""
