@@ -40,16 +40,17 @@ SRC = Path(atomic.__file__).resolve().parent
 EPOCHS = 2  # killed/interrupted in epoch 2, resumed to the end (test_train checks longer resumes in-process)
 # Streaming (per-image PIL augmentation, --augment jitter): an epoch lasts long enough for a signal sent when its
 # progress bar shows to land inside it; the in-memory path runs these 20 steps so fast that the signal could arrive
-# after the epoch (so does bf16 autocast, a plain default where the CPU has it: fp32 here).
+# after the epoch (so do bf16 autocast and channels-last, plain defaults where they are fast: fp32, NCHW here).
 RUN = ["--data", "builtin:shapes?n=320&size=32", "--model", "fastnet_s", "--epochs", str(EPOCHS), "--img-size", "32",
        "--batch-size", "16", "--augment", "jitter", "--in-memory", "off", "--workers", "0", "--deterministic", "--seed",
-       "3", "--lr", "0.003", "--amp", "off"]
+       "3", "--lr", "0.003", "--amp", "off", "--channels-last", "off"]
 # SGD at 0.05 for epoch 1, then the step schedule multiplies the rate by 1e8: epoch 2 diverges.
 DIVERGING = ["--data", "builtin:shapes?n=160&size=32", "--model", "fastnet_s", "--epochs", str(EPOCHS), "--img-size",
              "32", "--batch-size", "16", "--augment", "none", "--workers", "0", "--optimizer", "sgd", "--lr", "0.05",
              "--schedule", "step", "--step-epochs", "1", "--step-gamma", "1e8", "--quiet"]
 FILE_LIMIT = 64 * 1024  # bytes: config.json and history.csv fit, model.safetensors (~1 MB) and checkpoint.pt do not
 MID_EPOCH_2 = re.compile(rb"epoch 2/%d:\s+(\d+)%%\|" % EPOCHS)  # the progress bar of epoch 2, e.g. "epoch 2/3:  35%|"
+EPOCH_2_DONE = re.compile(rb"epoch\s+2/%d\s+train loss" % EPOCHS)  # epoch 2's summary line
 TIMEOUT = 600
 
 
@@ -75,16 +76,10 @@ class Job:
         while chunk := os.read(self.proc.stdout.fileno(), 65536):
             self.output += chunk
 
-    def signal_mid_epoch_2(self, sig: int) -> None:
-        """Send ``sig`` to the job's process group (as Ctrl-C in a terminal does) once epoch 2's progress bar shows
-        a step done and the epoch is not over."""
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if any(0 < int(p) < 100 for p in MID_EPOCH_2.findall(self.output)):
-                os.killpg(self.proc.pid, sig)
-                return
-            time.sleep(0.01)
-        raise AssertionError(f"never saw epoch 2 in progress:\n{self.text}")
+    def in_epoch_2(self) -> bool:
+        """Epoch 2's progress bar, as last printed, shows a step done and the epoch is not over."""
+        shown = MID_EPOCH_2.findall(self.output)
+        return bool(shown) and 0 < int(shown[-1]) < 100 and not EPOCH_2_DONE.search(self.output)
 
     def wait(self) -> int:
         rc = self.proc.wait(timeout=TIMEOUT)
@@ -100,6 +95,23 @@ class Job:
         return self.text.replace("\r", "\n").strip().splitlines()[-1]
 
 
+def signal_mid_epoch_2(signals: dict[Job, int]) -> None:
+    """Send each job its signal (to its process group, as Ctrl-C in a terminal does) as soon as it is inside epoch 2;
+    the jobs are watched together, so one reaching epoch 2 late cannot let another finish unsignalled."""
+    pending = dict(signals)
+    deadline = time.monotonic() + TIMEOUT
+    while pending and time.monotonic() < deadline:
+        for job, sig in list(pending.items()):
+            if job.in_epoch_2():
+                os.killpg(job.proc.pid, sig)
+                del pending[job]
+            elif job.proc.poll() is not None:
+                raise AssertionError(f"finished before it could be signalled in epoch 2:\n{job.text}")
+        time.sleep(0.005)
+    if pending:
+        raise AssertionError("never saw epoch 2 in progress:\n" + "\n".join(job.text for job in pending))
+
+
 def _snapshot(run: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()}
 
@@ -112,8 +124,7 @@ def faults(tmp_path_factory) -> dict:
             "killed": Job(["train", *RUN, "--out", "killed"], root),
             "interrupted": Job(["train", *RUN, "--out", "interrupted"], root),
             "diverged": Job(["train", *DIVERGING, "--out", "diverged"], root)}
-    jobs["killed"].signal_mid_epoch_2(signal.SIGKILL)
-    jobs["interrupted"].signal_mid_epoch_2(signal.SIGINT)
+    signal_mid_epoch_2({jobs["killed"]: signal.SIGKILL, jobs["interrupted"]: signal.SIGINT})
     result: dict = {"root": root, "jobs": jobs, "rc": {name: job.wait() for name, job in jobs.items()}}
     assert result["rc"]["reference"] == 0, jobs["reference"].text
     result["after_kill"] = _snapshot(root / "killed")
