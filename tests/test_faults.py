@@ -39,9 +39,10 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals and re
 SRC = Path(atomic.__file__).resolve().parent
 EPOCHS = 2  # killed/interrupted in epoch 2, resumed to the end (test_train checks longer resumes in-process)
 # Streaming (per-image PIL augmentation, --augment jitter): an epoch lasts long enough for a signal sent when its
-# progress bar shows to land inside it; the in-memory path runs these 20 steps so fast that the signal could arrive
+# progress bar shows to land inside it (60 steps: under load the watcher reads the output late, and 20 steps were
+# sometimes over by then); the in-memory path runs these steps so fast that the signal could arrive
 # after the epoch (so do bf16 autocast and channels-last, plain defaults where they are fast: fp32, NCHW here).
-RUN = ["--data", "builtin:shapes?n=320&size=32", "--model", "fastnet_s", "--epochs", str(EPOCHS), "--img-size", "32",
+RUN = ["--data", "builtin:shapes?n=960&size=32", "--model", "fastnet_s", "--epochs", str(EPOCHS), "--img-size", "32",
        "--batch-size", "16", "--augment", "jitter", "--in-memory", "off", "--workers", "0", "--deterministic", "--seed",
        "3", "--lr", "0.003", "--amp", "off", "--channels-last", "off"]
 # SGD at 0.05 for epoch 1, then the step schedule multiplies the rate by 1e8: epoch 2 diverges.
