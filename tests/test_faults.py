@@ -55,6 +55,13 @@ EPOCH_2_DONE = re.compile(rb"epoch\s+2/%d\s+train loss" % EPOCHS)  # epoch 2's s
 TIMEOUT = 600
 
 
+def _default_signals() -> None:
+    """In the child before exec: SIGINT at its default and no signal blocked, as a shell starts a job (a Python that
+    inherits SIGINT ignored -- from whatever ran earlier in the test process -- never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 class Job:
     """``python -m gapvision ARGS`` in the background, its output (stdout and stderr) collected as it comes."""
 
@@ -68,7 +75,8 @@ class Job:
                        "sys.argv = ['gapvision'] + sys.argv[1:]; runpy.run_module('gapvision', run_name='__main__')")
             cmd = [sys.executable, "-c", prelude, *args]
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # its own process group, like a terminal's job
+                                     start_new_session=True,  # its own process group, like a terminal's job
+                                     preexec_fn=_default_signals)
         self.output = b""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
