@@ -109,20 +109,17 @@ def _heat_batch(loc: "Localizer", pils: list, wanted: Sequence[Sequence[int]] | 
 
 def _scale_maps(loc: "Localizer", x: torch.Tensor, chosen: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """The method's maps of ``chosen`` (N x k) classes at this input, each scaled to [0, 1], on ``grid``."""
+    scale = grid[0] / x.shape[-1]
+    where: tuple = (None, None)  # a plain resize, except for the fcn/cam maps' known stride and offset
     if loc.method == "ddt":  # each class's principal direction of the training descriptors (localize/ddt.py)
         with torch.inference_mode():
             feats = loc.net.features(x).float()  # type: ignore[union-attr]
         maps = loc.ddt.maps(feats, chosen)  # type: ignore[union-attr]
-        where = (None, None)
-        scale = grid[0] / x.shape[-1]
     elif loc.method not in ("fcn", "cam"):  # gradcam and pytorch-grad-cam's methods: gradients of the plain network
         maps, _ = explain(loc.net, x, chosen, loc.method, loc.layer)  # type: ignore[arg-type]
-        where: tuple = (None, None)
-        scale = grid[0] / x.shape[-1]
     else:
         cm = class_maps(loc.fcn, x, loc.multilabel, loc.reference if loc.method == "fcn" else None)  # type: ignore
         full = cm.probs if loc.method == "fcn" else cm.logits
         maps = full.gather(1, chosen.to(full.device)[:, :, None, None].expand(-1, -1, *full.shape[-2:]))
-        scale = grid[0] / x.shape[-1]
         where = (cm.stride * scale, (cm.offset[0] * scale + (scale - 1) / 2, cm.offset[1] * scale + (scale - 1) / 2))
     return upsample(normalize_maps(maps.float()), grid, *where).cpu()

@@ -174,7 +174,7 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
                        verbose=not tcfg.quiet)
     if backbone_state is not None:
         net.backbone.load_state_dict(backbone_state)
-    if backbone_state is None:
+    else:
         mopts.init = initialise(net, mopts, splits, pre, traits["batchnorm"], seed)
     mopts.freeze = check_folded_batchnorm(net, mopts.weights, user.get("freeze"), say)
     return Prepared(splits, pre, dopts, mopts, tcfg, recipe, net)
