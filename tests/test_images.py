@@ -174,3 +174,47 @@ def test_real_photos_open(shared_dir):
         img = open_image(p)
         assert img.mode in ("L", "RGB", "RGBA", "P") and min(img.size) >= 32, p
     assert not is_grayscale(open_image(shared_dir / "photos" / "parrot.jpg"))
+
+
+def _jpeg(path, rng, mode="RGB", size=(23, 17), **save):
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(path, quality=80, **save)
+    return path
+
+
+def test_jpeg_fast_lane_gives_open_images_pixels_and_declines_what_it_does_not_handle(tmp_path):
+    import torch
+
+    from gapvision.data.images import read_rgb_jpeg
+
+    rng = np.random.default_rng(0)
+    plain = _jpeg(tmp_path / "a.jpg", rng)
+    fast = read_rgb_jpeg(plain)
+    assert fast is not None and fast.dtype == torch.uint8 and fast.shape == (3, 17, 23)
+    assert np.array_equal(fast.permute(1, 2, 0).numpy(), np.asarray(open_image(plain).convert("RGB")))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: open_image applies it, the fast lane leaves it to open_image
+    assert read_rgb_jpeg(_jpeg(tmp_path / "rot.jpg", rng, exif=exif)) is None
+    assert read_rgb_jpeg(_jpeg(tmp_path / "grey.jpg", rng, mode="L")) is None
+    assert read_rgb_jpeg(_jpeg(tmp_path / "cmyk.jpg", rng, mode="CMYK")) is None
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(plain.read_bytes()[:200])
+    assert read_rgb_jpeg(truncated) is None
+    png = tmp_path / "b.png"
+    Image.open(plain).save(png)
+    assert read_rgb_jpeg(png) is None
+
+
+def test_jpeg_fast_lane_matches_open_image_on_real_photos(shared_dir):
+    from gapvision.data.images import read_rgb_jpeg
+
+    photos = sorted((shared_dir / "data" / "boxes-dev" / "images").glob("*/*.jpg"))[::9] + \
+        sorted((shared_dir / "photos").glob("*.jpg"))
+    checked = 0
+    for path in photos:
+        fast = read_rgb_jpeg(path)
+        if fast is None:
+            continue
+        assert np.array_equal(fast.permute(1, 2, 0).numpy(), np.asarray(open_image(path).convert("RGB"))), path
+        checked += 1
+    assert checked >= 15

@@ -24,7 +24,8 @@ def test_every_backbone_forwards_with_declared_channels(name):
         with torch.no_grad():
             fmap = backbone(torch.randn(2, channels, size, size))
         assert fmap.ndim == 4 and fmap.shape[:2] == (2, backbone.out_channels)
-        assert backbone.get_parameter(backbone.first_conv).shape[1] == channels
+        assert backbone.in_channels == channels
+        assert backbone.get_submodule(backbone.first_conv.rsplit('.', 1)[0]).weight.shape[1] == channels
     assert backbone.default_head in HEADS and backbone.name == name
 
 

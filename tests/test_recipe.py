@@ -80,6 +80,7 @@ def test_train_records_the_resolved_recipe_in_config(tmp_path):
     assert (t["optimizer"], t["schedule"], t["ema"], t["tta"]) == ("sgd", FAST["schedule"], FAST["ema"], "flip")
     assert t["lr"] == pytest.approx(FAST["lr"] * 16 / FAST["batch_size"])
     assert cfg["data"]["augment"] == FAST["augment"] and cfg["data"]["in_memory"] == "auto"
+    assert cfg["model_options"]["init"] == "default"  # the recipe's fastnet has BatchNorm: no data-dependent start
 
     plain = train(TINY, out=tmp_path / "plain", optimizer="adam", **QUICK)  # a hyperparameter: no recipe
     cfg = json.loads((plain.path / "config.json").read_text())

@@ -2,7 +2,7 @@
 
 Each tuple is defined here once; the CLI's ``choices`` (options.py) and the code that validates or acts on the value
 (data/transforms.py, data/memory.py, models/classifier.py, devices.py) import it. The training options' values live
-beside TrainConfig in train/config.py (OPTIMIZERS, SCHEDULES, RECIPES, TTA_MODES).
+beside TrainConfig in train/config.py (OPTIMIZERS, SCHEDULES, RECIPES).
 """
 #: --augment: basic/strong are tensor ops that give the same pixels on the streaming and the in-memory path
 #: (data/memory.py BatchAugment); jitter/trivial are torchvision's per-image ops, run on the streaming path only
@@ -16,6 +16,9 @@ FREEZE = ("none", "backbone", "bn")
 #: --init: auto = data-dependent for a network without normalisation layers trained from scratch (models/data_init.py)
 INITS = ("auto", "data", "default")
 SWITCHES = ("auto", "on", "off")  # --amp, --channels-last
+#: --tta: flip = the mean over the image and its mirror; crops = that, averaged half and half with the same over the
+#: image shifted by one pixel up-left and down-right (airbench's multi-crop test-time augmentation)
+TTA_MODES = ("off", "flip", "crops")
 #: localize --method: our own (fcn, cam, gradcam) and pytorch-grad-cam's (name -> its class, localize/gradcam_lib.py)
 LIBRARY_CAM_METHODS = {"gradcam++": "GradCAMPlusPlus", "scorecam": "ScoreCAM", "layercam": "LayerCAM",
                        "eigencam": "EigenCAM", "xgradcam": "XGradCAM"}

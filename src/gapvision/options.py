@@ -13,8 +13,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .choices import AUGMENTS, CHANNELS, FREEZE, IN_MEMORY_MODES, INITS, NORMALIZE_MODES, SWITCHES
-from .train.config import CACHE_FEATURES, OPTIMIZERS, RECIPES, SCHEDULES, TTA_MODES, TrainConfig
+from .choices import AUGMENTS, CHANNELS, FREEZE, IN_MEMORY_MODES, INITS, NORMALIZE_MODES, SWITCHES, TTA_MODES
+from .train.config import CACHE_FEATURES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
 
 LOAD = {"load": True}  # metadata of the DataOptions fields that are keyword arguments of load_data / load_images
 
@@ -142,11 +142,12 @@ TRAIN_HELP: dict[str, str | tuple[str, str]] = {
     "amp": "mixed precision (auto: on for CUDA)", "channels_last": "channels-last memory format (auto: on for CUDA)",
     "workers": ("DataLoader worker processes", "auto"), "quiet": "no progress bars or per-epoch lines",
     "tensorboard": "write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)",
-    "recipe": "a named recipe fills every option you do not set (fast: small images; transfer: fine-tuning "
-              "pretrained weights); auto: transfer when --weights is given, fast for images <= 64 px without --model, "
+    "recipe": "a named recipe fills every option you do not set (fast: small images; fast90: the same with "
+              "airbench94's network and multi-crop TTA, for accuracy; transfer: fine-tuning pretrained weights); auto: transfer when --weights is given, fast for images <= 64 px without --model, "
               "both only when no optimiser option is given; none: plain defaults",
     "ema": "evaluate and save a moving average of the weights (decay per step, e.g. 0.99; 0 = off)",
-    "tta": "test-time augmentation wherever the run is evaluated or predicts (flip: average with the mirrored image)",
+    "tta": "test-time augmentation wherever the run is evaluated or predicts (flip: average with the mirrored image; "
+           "crops: flip, and the same on the image shifted by one pixel both ways, after airbench)",
     "backbone_lr": ("the backbone's learning rate (discriminative lr)", "--lr"),
     "freeze_epochs": "first epochs with the backbone frozen, training the head only (transfer recipe: 1)",
     "freeze_lr": ("learning rate of the head-only epochs", "--lr"),

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .choices import TTA_MODES
 from .data.images import to_pil
 from .data.transforms import Preprocess, eval_transform, normalize
 from .devices import choose_device, resolve_precision
 
-TTA_MODES = ("off", "flip")
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -50,9 +50,29 @@ def inference_options(train: Mapping[str, Any] | None) -> dict[str, Any]:
             "batch_size": int(t.get("batch_size") or DEFAULT_BATCH_SIZE)}
 
 
+def tta_logits(net: nn.Module, x: torch.Tensor, tta: str = "off") -> torch.Tensor:
+    """Float32 logits of ``net`` on the batch ``x`` with test-time augmentation ``tta`` (see choices.TTA_MODES)."""
+    logits = net(x).float()
+    if tta == "off":
+        return logits
+    logits = 0.5 * (logits + net(x.flip(-1)).float())
+    if tta == "crops":
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+        logits = 0.5 * logits + 0.25 * sum(tta_logits(net, s.contiguous(memory_format=_format(x)), "flip")
+                                           for s in shifted)
+    return logits
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
+
+
 class Predictor:
-    """``net`` (moved once to ``device``, eval mode) with ``preprocess``, ``classes``, ``tta`` (off|flip: average
-    with the mirrored image), ``amp``/``channels_last`` (auto|on|off, as in training) and ``batch_size``."""
+    """``net`` (moved once to ``device``, eval mode) with ``preprocess``, ``classes``, ``tta`` (off|flip|crops: see
+    :func:`tta_logits`), ``amp``/``channels_last`` (auto|on|off, as in training) and ``batch_size``."""
 
     def __init__(self, net: nn.Module, preprocess: Preprocess | None = None, classes: Sequence[str] | None = None, *,
                  tta: str = "off", amp: str = "off", channels_last: str = "off",
@@ -76,10 +96,7 @@ class Predictor:
         """Float32 logits (on this device) of a normalised N x C x H x W batch, with the TTA, under the AMP setting."""
         x = self.precision.place(x, self.device)
         with torch.inference_mode(), self.precision.autocast():
-            logits = self.net(x).float()
-            if self.tta == "flip":
-                logits = 0.5 * (logits + self.net(x.flip(-1)).float())
-        return logits
+            return tta_logits(self.net, x, self.tta)
 
     def batches(self, inputs: Any, batch_size: int | None = None) -> Iterator[torch.Tensor]:
         """Normalised network-input batches (at most ``batch_size`` images, default the Predictor's) of ``inputs``

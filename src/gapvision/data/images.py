@@ -2,7 +2,8 @@
 
 :func:`open_image` returns a fully decoded PIL image in one of the modes ``L``, ``LA``, ``P``, ``PA``, ``RGB`` or
 ``RGBA`` (EXIF orientation applied, first frame of animations, 16-bit scaled to 8-bit, CMYK as RGB) or raises a
-one-line :class:`~gapvision.errors.DataError` that names the file and says what to do.
+one-line :class:`~gapvision.errors.DataError` that names the file and says what to do. :func:`read_rgb_jpeg` is its
+fast lane for bulk decoding: the same pixels for plain RGB JPEGs, None for anything it does not handle.
 """
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 from .files import has_extension
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -60,6 +64,32 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
         im.load()
         img = ImageOps.exif_transpose(im)  # a copy, detached from the file
     return _normalise_mode(img)
+
+
+def read_rgb_jpeg(path: str | os.PathLike) -> "torch.Tensor | None":
+    """The uint8 3 x H x W pixels of a JPEG file that holds a plain colour image (Pillow mode RGB, no EXIF rotation,
+    within the pixel limit), decoded by torchvision's libjpeg-turbo: the same values as
+    ``open_image(path).convert("RGB")`` (tests/test_images.py) at about three times the speed on small images (the
+    in-memory decode of a file set). None for every other file -- other formats, grey or CMYK JPEGs, rotated, too
+    large, truncated or unreadable ones -- for which the caller uses :func:`open_image` and its one-line errors."""
+    p = os.fspath(path)
+    if not p.lower().endswith((".jpg", ".jpeg")):
+        return None
+    try:
+        with Image.open(p) as im:  # the header only: format, mode, size, EXIF
+            w, h = im.size
+            plain = im.format == "JPEG" and im.mode == "RGB" and w * h <= MAX_IMAGE_PIXELS and \
+                ("exif" not in im.info or im.getexif().get(0x0112, 1) == 1)
+        if not plain:
+            return None
+        with warnings.catch_warnings():  # torchvision >= 0.29 announces that TorchCodec will take these over
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+        t = decode_jpeg(read_file(p), mode=ImageReadMode.RGB)
+    except Exception:  # open_image says what is wrong with the file
+        return None
+    return t if t.shape == (3, h, w) else None
 
 
 @contextmanager

@@ -26,7 +26,8 @@ from ..choices import AUGMENTS, BATCH_AUGMENTS, IMAGE_AUGMENTS, IN_MEMORY_MODES
 from ..errors import ConfigError
 from .imageset import ImageSet
 from .loaders import epoch_seed
-from .transforms import Preprocess, normalize, to_uint8
+from .images import read_rgb_jpeg
+from .transforms import Preprocess, fit_uint8, normalize, to_uint8
 
 RAM_FRACTION = 0.25  # auto: a split is kept in memory when its decoded size is at most this share of free memory
 CACHE_MIN_IMAGES = 1024  # smaller file sets decode in about a second: not worth a cache entry
@@ -73,9 +74,13 @@ def decode_images(images: ImageSet, pre: Preprocess, workers: int = -1) -> torch
     parallel (Pillow and the resize release the GIL; no copies between processes); ``workers`` = threads, -1 = auto."""
     out = torch.empty((len(images), pre.channels, pre.img_size, pre.img_size), dtype=torch.uint8)
 
+    jpeg_lane = images.reader is None and pre.channels == 3 and not pre.bgr  # RGB JPEG files: read_rgb_jpeg
+
     def decode(chunk: range) -> None:
         for i in chunk:
-            out[i] = to_uint8(images.load(i), pre)
+            item = images.items[i]
+            t = read_rgb_jpeg(item) if jpeg_lane and isinstance(item, (str, Path)) else None
+            out[i] = fit_uint8(t, pre) if t is not None else to_uint8(images.load(i), pre)
 
     chunks = [range(i, min(i + 256, len(images))) for i in range(0, len(images), 256)]
     threads = min(4, os.cpu_count() or 1) if workers < 0 else max(1, workers)

@@ -90,8 +90,11 @@ def to_uint8(img: Image.Image, pre: Preprocess, resize: bool = True) -> torch.Te
     """The shared first step: mode conversion and (optionally) a central crop and square resize to ``pre.img_size``;
     uint8 C x H x W. With ``resize=False`` (class maps at native resolution) the image keeps its size and is not cropped.
     """
-    img = convert_mode(img, pre.channels, pre.bgr)
-    t = TF.pil_to_tensor(img)
+    return fit_uint8(TF.pil_to_tensor(convert_mode(img, pre.channels, pre.bgr)), pre, resize)
+
+
+def fit_uint8(t: torch.Tensor, pre: Preprocess, resize: bool = True) -> torch.Tensor:
+    """The geometric part of :func:`to_uint8` on a uint8 C x H x W tensor already in ``pre``'s channels."""
     if resize and pre.crop < 1.0:
         h, w = t.shape[-2:]
         t = TF.center_crop(t, [max(1, round(h * pre.crop)), max(1, round(w * pre.crop))])

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .cifar_resnet import cifar_resnet_layers
-from .fastnet import fastnet_parts
+from .fastnet import fastnet_parts, fastnet_w_parts
 
 BackboneBuilder = Callable[[], "Backbone"]
 _REGISTRY: dict[str, BackboneBuilder] = {}
@@ -80,7 +80,7 @@ class Backbone(nn.Module):
 
     @property
     def in_channels(self) -> int:
-        return int(self.get_parameter(self.first_conv).shape[1])
+        return int(self.get_submodule(self.first_conv.rsplit(".", 1)[0]).in_channels)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, out_channels={self.out_channels}, stride={self.stride}"
@@ -136,10 +136,18 @@ def replace_first_conv(backbone: Backbone, in_channels: int) -> None:
     """Swap the first conv for one taking ``in_channels`` inputs, same other parameters; RGB weights are summed."""
     from .weights import adapt_first_conv_weight
 
+    from .whitening import PatchWhitening
+
     path = backbone.first_conv.rsplit(".", 1)[0]
     old = backbone.get_submodule(path)
+    if isinstance(old, PatchWhitening):  # set from the data later; keeps its output width
+        parent_path, _, child = path.rpartition(".")
+        setattr(backbone.get_submodule(parent_path) if parent_path else backbone, child,
+                PatchWhitening(in_channels, old.kernel_size, old.eps, width=old.out_channels))
+        return
     if not isinstance(old, nn.Conv2d) or old.groups != 1:
-        raise ConfigError(f"cannot adapt the first layer of {backbone.name} to {in_channels} input channels")
+        raise ConfigError(f"cannot adapt the first layer of {backbone.name} to {in_channels} input channels: "
+                          f"use --channels 3 or another --model")
     new = nn.Conv2d(
         in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
         bias=old.bias is not None, padding_mode=old.padding_mode,
@@ -153,8 +161,10 @@ def replace_first_conv(backbone: Backbone, in_channels: int) -> None:
 
 
 def _first_conv_key(module: nn.Module) -> str:
+    from .whitening import PatchWhitening
+
     for key, m in module.named_modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv2d, PatchWhitening)):
             return f"{key}.weight"
     raise ValueError("a backbone needs a Conv2d")
 
@@ -218,6 +228,12 @@ def _fastnet(name: str, widths: tuple[int, int, int, int]) -> Backbone:
 register_backbone("fastnet")(partial(_fastnet, "fastnet", (32, 64, 256, 256)))
 register_backbone("fastnet_m")(partial(_fastnet, "fastnet_m", (32, 64, 128, 256)))
 register_backbone("fastnet_s")(partial(_fastnet, "fastnet_s", (16, 32, 64, 128)))
+
+
+@register_backbone("fastnet_w")
+def fastnet_w() -> Backbone:
+    """airbench94's network (whitening stem, blocks of 64/256/256): 3 x 3 maps at 32 px."""
+    return Backbone("fastnet_w", fastnet_w_parts(), out_channels=256, stride=8, native_size=64)
 
 
 def _cifar_resnet(depth: int) -> Backbone:

@@ -4,13 +4,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..choices import TTA_MODES
 from ..errors import ConfigError
 from .recipes import RECIPES as NAMED_RECIPES
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "cosine", "onecycle", "step")
 RECIPES = ("auto", *NAMED_RECIPES, "none")  # --recipe: auto, a named recipe of recipes.py, or none
-TTA_MODES = ("off", "flip")
 CACHE_FEATURES = ("auto", "off")
 
 
@@ -39,7 +39,7 @@ class TrainConfig:
     tensorboard: bool = False  # per-epoch scalars in RUN_DIR/tensorboard (needs the tensorboard package)
     recipe: str = "auto"  # fast | none | auto (fast for images <= 64 px when no hyperparameter is set); train/recipes.py
     ema: float = 0.0  # decay per step of an exponential moving average of the weights, evaluated and saved; 0 = off
-    tta: str = "off"  # test-time augmentation when evaluating: off | flip (average with the mirrored image)
+    tta: str = "off"  # test-time augmentation when evaluating: off | flip | crops (predictor.tta_logits)
     backbone_lr: float | None = None  # the backbone's lr (discriminative lr; ``lr="LOW:HIGH"`` sets it); None = lr
     freeze_epochs: int = 0  # first epochs with the backbone frozen (head only, on cached feature maps when possible)
     freeze_lr: float | None = None  # the lr of those head-only epochs; None = lr

@@ -61,17 +61,17 @@ def prepare_data(opts: DataOptions, seed: int = 0, preprocess: Preprocess | None
 
 def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, bool]]:
     """The user's ``options`` with the input settings that follow from the model, the largest input size to take
-    from the data, and what the plain defaults need to know of the network (``batchnorm``: it has normalisation
-    layers; ``bf16``: bf16 autocast is fast for it here): for pretrained weights under the transfer recipe, the
+    from the data, and what the plain defaults need to know of the network (``bf16``: bf16 autocast is fast for it
+    here): for pretrained weights under the transfer recipe, the
     backbone's native size and the normalisation its weights expect (unless set); otherwise at most the native size
-    of the model (gapcnn when none is named). The backbone is built once, to read these."""
+    of the model (gapcnn when none is named). The backbone is built once, to read these. (Whether the network has
+    normalisation layers is read from the network actually built, which a recipe may choose: ``prepare_run``.)"""
     from ..models.backbones import probe_backbone
     from .recipes import native_bf16
 
     backbone = probe_backbone(options.get("model") or "gapcnn")
     grouped = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in backbone.modules())
-    traits = {"batchnorm": has_normalization(backbone),
-              "bf16": not grouped and native_bf16(str(options.get("device") or "auto"))}
+    traits = {"bf16": not grouped and native_bf16(str(options.get("device") or "auto"))}
     size = backbone.native_size
     if choose_recipe(options, img_size=0) == "transfer":
         filled = {"img_size": size, "normalize": backbone.tv_normalize}
@@ -175,7 +175,7 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
     if backbone_state is not None:
         net.backbone.load_state_dict(backbone_state)
     else:
-        mopts.init = initialise(net, mopts, splits, pre, traits["batchnorm"], seed)
+        mopts.init = initialise(net, mopts, splits, pre, has_normalization(net.backbone), seed)  # the recipe's net
     mopts.freeze = check_folded_batchnorm(net, mopts.weights, user.get("freeze"), say)
     return Prepared(splits, pre, dopts, mopts, tcfg, recipe, net)
 
@@ -187,14 +187,27 @@ def initialise(net: Classifier, mopts: ModelOptions, splits: DataSplits, pre: Pr
                seed: int = 0) -> str:
     """Apply ``--init`` to a network trained from scratch and return what was done (recorded in config.json):
     ``data`` (:func:`~gapvision.models.data_init.data_dependent_init` of the backbone on INIT_IMAGES training images,
-    for ``--init auto`` when the backbone has no normalisation layers) or ``default`` (the builder's weights; always
-    with pretrained ``--weights``)."""
-    if mopts.weights or mopts.init == "default" or (mopts.init == "auto" and batchnorm):
-        return "default"
-    from ..models.data_init import data_dependent_init
+    for ``--init auto`` when the backbone has no normalisation layers), ``whitening`` (only the backbone's frozen
+    patch-whitening layer set from those images: models/whitening.py; it always is, from scratch) or ``default``
+    (the builder's weights; always with pretrained ``--weights``)."""
+    from ..models.whitening import PatchWhitening
 
+    if mopts.weights:
+        return "default"
+    whiten = any(isinstance(m, PatchWhitening) for m in net.backbone.modules())
+    data_init = mopts.init == "data" or (mopts.init == "auto" and not batchnorm)
+    if not (whiten or data_init):
+        return "default"
     pick = np.sort(np.random.default_rng(seed).permutation(len(splits.train))[:INIT_IMAGES])
     x, _ = next(iter(make_batches(splits.train.subset(pick), pre, len(pick), workers=0).epoch(0)))
+    if whiten:
+        from ..models.whitening import init_whitening
+
+        init_whitening(net.backbone, x)
+    if not data_init:
+        return "whitening"
+    from ..models.data_init import data_dependent_init
+
     data_dependent_init(net.backbone, x)
     return "data"
 

@@ -69,7 +69,11 @@ TRANSFER: dict[str, Any] = {
     "ema": 0.0,
     "tta": "off",
 }
-RECIPES = {"fast": FAST, "transfer": TRANSFER}
+# The fast recipe for a higher accuracy (>= 90 % on the shared JPEG CIFAR-10 copy in 10 minutes on 2 cores): the
+# airbench94 network (frozen patch-whitening stem, blocks of 64/256/256) and multi-crop test-time augmentation.
+FAST90: dict[str, Any] = {**FAST, "model": "fastnet_w", "epochs": 10, "tta": "crops"}
+RECIPES = {"fast": FAST, "fast90": FAST90, "transfer": TRANSFER}
+SGD_RECIPES = ("fast", "fast90")  # lr linear in the batch size, enough steps on small sets
 AUTO_MAX_SIZE = 64
 HYPERPARAMETERS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
                    "backbone_lr", "freeze_lr")
@@ -110,7 +114,7 @@ def recipe_values(name: str, n_train: int, device: str = "auto", batch_size: int
     bs = batch_size or values["batch_size"]
     if batch_size is None and n_train < 16 * bs:
         bs = max(16, 2 ** round(math.log2(max(1, n_train) / 16)))
-    if name == "fast":  # SGD: the lr follows the batch linearly, and small sets get enough steps
+    if name in SGD_RECIPES:  # SGD: the lr follows the batch linearly, and small sets get enough steps
         values["lr"] = values["lr"] * bs / values["batch_size"]
         values["epochs"] = max(values["epochs"], math.ceil(MIN_STEPS / max(1, math.ceil(n_train / bs))))
     values["batch_size"] = bs
