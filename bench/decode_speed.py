@@ -5,7 +5,7 @@
 
 Rows: Pillow for every file (``open_image`` + ``to_uint8``, the path before the JPEG lane) and the decode that
 ``--in-memory`` uses now (``data/memory.decode_images``: torchvision's libjpeg-turbo for plain RGB JPEGs, Pillow for
-the rest), each with 1 and 2 threads; seconds, images/s, and the share of a cold first run that decoding takes, for
+the rest), each with 1 and 2 threads and the default (``auto``); seconds, images/s, and the share of a cold first run that decoding takes, for
 the fast and fast90 recipes' training times given (``--train-seconds``, default: the latest
 bench/results/cifar_time_to_acc-*.json of each recipe). The page cache is warmed first (one read of every file), so
 the rows compare decoding, not the disk. Results go to bench/results/decode_speed-*.json.
@@ -58,15 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     lane = memory.read_rgb_jpeg
     for name, use_lane in (("Pillow for every file", False), ("decode_images (JPEG lane)", True)):
         memory.read_rgb_jpeg = lane if use_lane else (lambda _p: None)
-        for threads in (1, 2):
+        for threads in (1, 2, -1):
             t0 = time.perf_counter()
             memory.decode_images(images, pre, workers=threads)
             dt = time.perf_counter() - t0
-            rows.append({"decoder": name, "threads": threads, "images": len(images), "seconds": round(dt, 2),
+            rows.append({"decoder": name, "threads": threads if threads > 0 else "auto", "images": len(images), "seconds": round(dt, 2),
                          "images_per_s": round(len(images) / dt)})
-            print(f"{name:28} {threads} thread(s): {dt:6.2f} s, {len(images) / dt:8.0f} img/s", flush=True)
+            print(f"{name:28} {threads if threads > 0 else 'auto'} thread(s): {dt:6.2f} s, {len(images) / dt:8.0f} img/s", flush=True)
     memory.read_rgb_jpeg = lane
-    default = min(r["seconds"] for r in rows if r["decoder"].startswith("decode_images"))
+    default = next(r["seconds"] for r in rows if r["decoder"].startswith("decode_images") and r["threads"] == "auto")
     shares = {}
     for recipe in ("fast", "fast90"):
         train_s = latest_run_seconds(recipe)

@@ -30,6 +30,7 @@ from .images import read_rgb_jpeg
 from .transforms import Preprocess, fit_uint8, normalize, to_uint8
 
 RAM_FRACTION = 0.25  # auto: a split is kept in memory when its decoded size is at most this share of free memory
+SMALL_DECODE = 64  # px: decoded sets this small are decoded by one thread
 CACHE_MIN_IMAGES = 1024  # smaller file sets decode in about a second: not worth a cache entry
 CACHE_FORMAT = "1"
 
@@ -71,7 +72,8 @@ def use_in_memory(mode: str, n: int, pre: Preprocess, device: torch.device | str
 # -- decoding and the cache ------------------------------------------------------------------------------------------
 def decode_images(images: ImageSet, pre: Preprocess, workers: int = -1) -> torch.Tensor:
     """Every image of ``images`` through :func:`to_uint8`, stacked: uint8 N x C x S x S. Threads decode chunks in
-    parallel (Pillow and the resize release the GIL; no copies between processes); ``workers`` = threads, -1 = auto."""
+    parallel (Pillow and the resize release the GIL; no copies between processes); ``workers`` = threads, -1 = auto
+    (one for outputs of at most SMALL_DECODE px). Plain RGB JPEGs take :func:`~gapvision.data.images.read_rgb_jpeg`."""
     out = torch.empty((len(images), pre.channels, pre.img_size, pre.img_size), dtype=torch.uint8)
 
     jpeg_lane = images.reader is None and pre.channels == 3 and not pre.bgr  # RGB JPEG files: read_rgb_jpeg
@@ -83,7 +85,9 @@ def decode_images(images: ImageSet, pre: Preprocess, workers: int = -1) -> torch
             out[i] = fit_uint8(t, pre) if t is not None else to_uint8(images.load(i), pre)
 
     chunks = [range(i, min(i + 256, len(images))) for i in range(0, len(images), 256)]
-    threads = min(4, os.cpu_count() or 1) if workers < 0 else max(1, workers)
+    # auto: one thread for small outputs (small files: Python's share dominates and threads only contend for the
+    # GIL, 2.5x slower with 2 on CIFAR-10's 32 px JPEGs: bench/decode_speed.py); threads for the resize of photos
+    threads = (1 if pre.img_size <= SMALL_DECODE else min(4, os.cpu_count() or 1)) if workers < 0 else max(1, workers)
     if threads == 1 or len(chunks) == 1:
         for c in chunks:
             decode(c)
