@@ -58,7 +58,8 @@ def run_one(root: Path, recipe: str, options: dict, seed: int, per_class: int, e
         t0 = time.perf_counter()
         run = gv.train(str(root), splits=splits, out=Path(tmp) / "run", recipe=recipe, seed=seed, quiet=True, **opts)
         seconds = time.perf_counter() - t0
-    return {"seed": seed, "test_acc": round(run.history[-1]["val_acc"], 4), "seconds": round(seconds, 1)}
+        acc = run.history[-1]["val_acc"]  # read before the run folder goes
+    return {"seed": seed, "test_acc": round(acc, 4), "seconds": round(seconds, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
