@@ -99,9 +99,10 @@ def test_crops_tta_averages_flip_over_the_image_and_its_one_pixel_shifts():
 def test_fast90_recipe_is_selectable_and_resolves_like_fast():
     assert choose_recipe({"recipe": "fast90"}, 32) == "fast90"
     values = recipe_values("fast90", 50_000, device="cpu")
-    assert values["model"] == "fastnet_w" and values["tta"] == "crops" and values["batch_size"] == 512
+    assert values["model"] == "fastnet_w" and values["tta"] == "crops" and values["batch_size"] == FAST90["batch_size"]
     small = recipe_values("fast90", 800, device="cpu")
-    assert small["batch_size"] < 512 and small["lr"] == pytest.approx(FAST90["lr"] * small["batch_size"] / 512)
+    assert small["batch_size"] < FAST90["batch_size"]
+    assert small["lr"] == pytest.approx(FAST90["lr"] * small["batch_size"] / FAST90["batch_size"])
 
 
 def test_training_fastnet_w_sets_its_whitening_from_the_train_split(tmp_path):
