@@ -24,11 +24,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def latest_run_seconds(recipe: str) -> float | None:
-    """Wall seconds of the newest full cifar_time_to_acc result of ``recipe`` (its last epoch's clock)."""
+    """Wall seconds of the newest full cifar_time_to_acc result of ``recipe`` run as it is (its model and epochs;
+    the last epoch's clock)."""
+    from gapvision.train.recipes import RECIPES
+
     for path in sorted(RESULTS.glob("cifar_time_to_acc-*.json"), reverse=True):
-        d = json.loads(path.read_text())
-        if d.get("fast_config", {}).get("train", {}).get("recipe") == recipe and not d.get("quick"):
-            return d["fast"][-1]["seconds"]
+        config = json.loads(path.read_text()).get("fast_config", {})
+        train = config.get("train", {})
+        if train.get("recipe") == recipe and train.get("epochs") == RECIPES[recipe]["epochs"] and \
+                config.get("model", {}).get("model") == RECIPES[recipe]["model"]:
+            return json.loads(path.read_text())["fast"][-1]["seconds"]
     return None
 
 
@@ -38,17 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
+    import numpy as np
+
     from gapvision.data import memory
+    from gapvision.data.imageset import ImageSet
     from gapvision.data.sources import load_data
     from gapvision.data.transforms import Preprocess
 
     torch.set_num_threads(2)
     root = extract_cifar()
-    train = load_data(str(root / "train"), val_split=0.0).train
-    test = load_data(str(root / "test"), val_split=0.0).train
-    images = train.subset(range(len(train)))
-    images.items = list(train.items) + list(test.items)
-    images.labels = list(train.labels) + list(test.labels)
+    found = load_data(str(root), val_split=0.0)  # train/ and test/: every file of the copy
+    images = ImageSet(list(found.train.items) + list(found.test.items),
+                      np.concatenate([found.train.labels, found.test.labels]), found.classes)
     if a.limit:
         images = images.subset(range(a.limit))
     for item in images.items:  # warm the page cache

@@ -43,13 +43,18 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
-def run_one(root: Path, recipe: str, options: dict, seed: int, per_class: int, epochs: int | None) -> dict:
-    import gapvision as gv
+def cifar_splits(root: Path, per_class: int):
+    """train/ (``per_class`` images of each class, all when 0) to train, test/ to evaluate: read once per run."""
     from gapvision.data.imageset import DataSplits
     from gapvision.data.sources import load_data
 
     found = load_data(str(root), val_split=0.0, seed=0)
-    splits = DataSplits(subset(found.train, per_class), found.test, None, found.classes, str(root))
+    return DataSplits(subset(found.train, per_class), found.test, None, found.classes, str(root))
+
+
+def run_one(root: Path, splits, recipe: str, options: dict, seed: int, epochs: int | None) -> dict:
+    import gapvision as gv
+
     opts = dict(options)
     if epochs:
         opts.setdefault("epochs", epochs)
@@ -74,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     root = extract_cifar()
+    splits = cifar_splits(root, a.per_class)
     names = ["recipe"] + [n for n in (a.only.split(",") if a.only else VARIANTS) if n != "recipe"]
     rows = []
     for name in names:
         what, options = VARIANTS[name]
-        runs = [run_one(root, a.recipe, options, seed, a.per_class, a.epochs) for seed in range(a.seeds)]
+        runs = [run_one(root, splits, a.recipe, options, seed, a.epochs) for seed in range(a.seeds)]
         acc = sum(r["test_acc"] for r in runs) / len(runs)
         sec = sum(r["seconds"] for r in runs) / len(runs)
         rows.append({"variant": name, "what": what, "options": options, "runs": runs,

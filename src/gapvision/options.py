@@ -143,7 +143,8 @@ TRAIN_HELP: dict[str, str | tuple[str, str]] = {
     "workers": ("DataLoader worker processes", "auto"), "quiet": "no progress bars or per-epoch lines",
     "tensorboard": "write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)",
     "recipe": "a named recipe fills every option you do not set (fast: small images; fast90: the same with "
-              "airbench94's network and multi-crop TTA, for accuracy; transfer: fine-tuning pretrained weights); auto: transfer when --weights is given, fast for images <= 64 px without --model, "
+              "airbench94's network and multi-crop TTA, for accuracy; transfer: fine-tuning pretrained weights); "
+              "auto: transfer when --weights is given, fast for images <= 64 px without --model, "
               "both only when no optimiser option is given; none: plain defaults",
     "ema": "evaluate and save a moving average of the weights (decay per step, e.g. 0.99; 0 = off)",
     "tta": "test-time augmentation wherever the run is evaluated or predicts (flip: average with the mirrored image; "

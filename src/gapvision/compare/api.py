@@ -29,7 +29,7 @@ from ..models.classifier import Classifier, create_model
 from ..models.heads import HEADS
 from ..models.timm_backbone import pretrained_preprocess
 from ..runs import Run, default_run_dir, load_checkpoint, load_run
-from ..train.pipeline import (DataOptions, FeedFn, ModelOptions, has_normalization, initialise, prepare_data, resume,
+from ..train.pipeline import (DataOptions, FeedFn, ModelOptions, initialise, prepare_data, resume,
                               split_options, train)
 from ..train.trainer import TrainingDiverged, seed_everything
 from .features import FeatureStore, cache_blocker, map_bytes
@@ -253,7 +253,7 @@ def initial_model(mopts: ModelOptions, splits: DataSplits, pre: Preprocess, seed
     net = create_model(mopts.model, mopts.head, len(splits.classes), in_channels=pre.channels, img_size=pre.img_size,
                        dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze,
                        verbose=verbose)
-    initialise(net, mopts, splits, pre, has_normalization(net.backbone), seed)  # as train's start (--init)
+    initialise(net, mopts, splits, pre, seed)  # as train's start (--init)
     return net
 
 

@@ -86,7 +86,7 @@ def decode_images(images: ImageSet, pre: Preprocess, workers: int = -1) -> torch
 
     chunks = [range(i, min(i + 256, len(images))) for i in range(0, len(images), 256)]
     # auto: one thread for small outputs (small files: Python's share dominates and threads only contend for the
-    # GIL, 2.5x slower with 2 on CIFAR-10's 32 px JPEGs: bench/decode_speed.py); threads for the resize of photos
+    # GIL, 2 to 2.4x slower with 2 on CIFAR-10's 32 px JPEGs: bench/decode_speed.py); threads for the resize of photos
     threads = (1 if pre.img_size <= SMALL_DECODE else min(4, os.cpu_count() or 1)) if workers < 0 else max(1, workers)
     if threads == 1 or len(chunks) == 1:
         for c in chunks:

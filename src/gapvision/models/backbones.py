@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import ConfigError
 from .cifar_resnet import cifar_resnet_layers
 from .fastnet import fastnet_parts, fastnet_w_parts
+from .whitening import PatchWhitening
 
 BackboneBuilder = Callable[[], "Backbone"]
 _REGISTRY: dict[str, BackboneBuilder] = {}
@@ -136,14 +137,10 @@ def replace_first_conv(backbone: Backbone, in_channels: int) -> None:
     """Swap the first conv for one taking ``in_channels`` inputs, same other parameters; RGB weights are summed."""
     from .weights import adapt_first_conv_weight
 
-    from .whitening import PatchWhitening
-
     path = backbone.first_conv.rsplit(".", 1)[0]
     old = backbone.get_submodule(path)
     if isinstance(old, PatchWhitening):  # set from the data later; keeps its output width
-        parent_path, _, child = path.rpartition(".")
-        setattr(backbone.get_submodule(parent_path) if parent_path else backbone, child,
-                PatchWhitening(in_channels, old.kernel_size, old.eps, width=old.out_channels))
+        _set_submodule(backbone, path, PatchWhitening(in_channels, old.kernel_size, old.eps, width=old.out_channels))
         return
     if not isinstance(old, nn.Conv2d) or old.groups != 1:
         raise ConfigError(f"cannot adapt the first layer of {backbone.name} to {in_channels} input channels: "
@@ -156,13 +153,15 @@ def replace_first_conv(backbone: Backbone, in_channels: int) -> None:
         new.weight.copy_(adapt_first_conv_weight(old.weight, in_channels))
         if old.bias is not None:
             new.bias.copy_(old.bias)  # type: ignore[union-attr]
+    _set_submodule(backbone, path, new)
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
-    setattr(backbone.get_submodule(parent_path) if parent_path else backbone, child, new)
+    setattr(root.get_submodule(parent_path) if parent_path else root, child, module)
 
 
 def _first_conv_key(module: nn.Module) -> str:
-    from .whitening import PatchWhitening
-
     for key, m in module.named_modules():
         if isinstance(m, (nn.Conv2d, PatchWhitening)):
             return f"{key}.weight"

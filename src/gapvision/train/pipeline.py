@@ -65,7 +65,7 @@ def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[s
     here): for pretrained weights under the transfer recipe, the
     backbone's native size and the normalisation its weights expect (unless set); otherwise at most the native size
     of the model (gapcnn when none is named). The backbone is built once, to read these. (Whether the network has
-    normalisation layers is read from the network actually built, which a recipe may choose: ``prepare_run``.)"""
+    normalisation layers is read from the network actually built, which a recipe may choose: :func:`initialise`.)"""
     from ..models.backbones import probe_backbone
     from .recipes import native_bf16
 
@@ -175,7 +175,7 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
     if backbone_state is not None:
         net.backbone.load_state_dict(backbone_state)
     else:
-        mopts.init = initialise(net, mopts, splits, pre, has_normalization(net.backbone), seed)  # the recipe's net
+        mopts.init = initialise(net, mopts, splits, pre, seed)
     mopts.freeze = check_folded_batchnorm(net, mopts.weights, user.get("freeze"), say)
     return Prepared(splits, pre, dopts, mopts, tcfg, recipe, net)
 
@@ -183,11 +183,11 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
 INIT_IMAGES = 64  # the batch of training images that the data-dependent initialisation measures
 
 
-def initialise(net: Classifier, mopts: ModelOptions, splits: DataSplits, pre: Preprocess, batchnorm: bool,
-               seed: int = 0) -> str:
+def initialise(net: Classifier, mopts: ModelOptions, splits: DataSplits, pre: Preprocess, seed: int = 0) -> str:
     """Apply ``--init`` to a network trained from scratch and return what was done (recorded in config.json):
     ``data`` (:func:`~gapvision.models.data_init.data_dependent_init` of the backbone on INIT_IMAGES training images,
-    for ``--init auto`` when the backbone has no normalisation layers), ``whitening`` (only the backbone's frozen
+    for ``--init auto`` when the backbone built -- the recipe's, if it chose one -- has no normalisation layers),
+    ``whitening`` (only the backbone's frozen
     patch-whitening layer set from those images: models/whitening.py; it always is, from scratch) or ``default``
     (the builder's weights; always with pretrained ``--weights``)."""
     from ..models.whitening import PatchWhitening
@@ -195,7 +195,7 @@ def initialise(net: Classifier, mopts: ModelOptions, splits: DataSplits, pre: Pr
     if mopts.weights:
         return "default"
     whiten = any(isinstance(m, PatchWhitening) for m in net.backbone.modules())
-    data_init = mopts.init == "data" or (mopts.init == "auto" and not batchnorm)
+    data_init = mopts.init == "data" or (mopts.init == "auto" and not has_normalization(net.backbone))
     if not (whiten or data_init):
         return "default"
     pick = np.sort(np.random.default_rng(seed).permutation(len(splits.train))[:INIT_IMAGES])
