@@ -2,12 +2,15 @@
 
     python bench/backbones.py                       # all of `gapvision summary --list`
     python bench/backbones.py --models gapcnn,cifarcnn,vgg11 --epochs 6
+    python bench/backbones.py --models mnasnet1_0,mobilenet_v3_small --epochs 6 --builder-bn-momentum
 
 Each row is ``gapvision.train("builtin:shapes", model=NAME, epochs=2)`` and nothing else (the plain defaults, since a
 model is named; random initialisation, nothing downloaded): validation accuracy after each epoch and seconds per
 epoch. Chance is 0.25 (4 balanced classes); the target is to beat twice chance. A backbone whose smallest input is
 larger than 64 px (inception_v3) runs at its smallest accepted size, and the row says so. Results go to
-bench/results/backbones-*.json; the README's table is printed at the end.
+bench/results/backbones-*.json; the README's table is printed at the end. ``--builder-bn-momentum`` keeps the
+BatchNorm momenta the builders set (a from-scratch run otherwise raises them to at least 0.1:
+``gapvision.train.pipeline.SCRATCH_BN_MOMENTUM``), to see what that default does.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", help="comma-separated backbone names (default: every registered one)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--builder-bn-momentum", action="store_true",
+                   help="keep the builders' BatchNorm momenta (MNASNet 3e-4, MobileNetV3 1e-2) instead of >= 0.1")
     a = p.parse_args(argv)
     import torch
 
@@ -33,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     from gapvision.errors import ConfigError
     from gapvision.models import list_backbones
 
+    if a.builder_bn_momentum:
+        import importlib
+
+        importlib.import_module("gapvision.train.pipeline").SCRATCH_BN_MOMENTUM = None
     torch.set_num_threads(a.threads)
     names = a.models.split(",") if a.models else [n for n in list_backbones() if ":" not in n]
     rows = []
@@ -63,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{name:20s} {size:4d} px  val acc {' '.join(f'{x:.3f}' for x in accs)}  {per_epoch:7.1f} s/epoch"
                   f"  {'ok' if row['beats_twice_chance'] else 'BELOW 2x chance'}", flush=True)
-    out = REPO / "bench" / "results" / f"backbones-{time.strftime('%Y%m%d-%H%M')}.json"
-    out.write_text(json.dumps({"data": DATA, "epochs": a.epochs, "torch": torch.__version__, "rows": rows}, indent=1))
+    tag = "-builder-bn" if a.builder_bn_momentum else ""
+    out = REPO / "bench" / "results" / f"backbones-{time.strftime('%Y%m%d-%H%M')}{tag}.json"
+    out.write_text(json.dumps({"data": DATA, "epochs": a.epochs, "torch": torch.__version__, "rows": rows,
+                               "bn_momentum": "builder" if a.builder_bn_momentum else "at least 0.1 from scratch",
+                               "threads": a.threads}, indent=1))
     print(f"\n| backbone | input | val acc after epoch {' / '.join(str(i + 1) for i in range(a.epochs))} "
           f"| s / epoch |\n|---|---|---|---|")
     for r in rows:

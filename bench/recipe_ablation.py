@@ -6,8 +6,9 @@
 
 Every row is ``gapvision.train`` with the recipe (train/recipes.py) and one option changed (``--recipe fast`` and
 the option, exactly as a user would write it), trained on train/ and evaluated on the test images after the last
-epoch; accuracy and wall seconds (training + evaluation, the decode cache warm) per seed and their mean. The first
-row is the recipe as it is. Results go to bench/results/recipe_ablation-*.json, and a Markdown table is printed.
+epoch; accuracy and wall seconds (training + evaluation, the decode cache warmed by an untimed 1-epoch run first)
+per seed and their mean. The first row is the recipe as it is. Results go to bench/results/recipe_ablation-*.json,
+rewritten after every finished row (``"complete": false`` until the last), and a Markdown table is printed.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cifar_time_to_acc import machine, subset
+from cifar_time_to_acc import load_average, machine, subset
 from compare_transfer import extract_cifar
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,7 +65,7 @@ def run_one(root: Path, splits, recipe: str, options: dict, seed: int, epochs: i
         run = gv.train(str(root), splits=splits, out=Path(tmp) / "run", recipe=recipe, seed=seed, quiet=True, **opts)
         seconds = time.perf_counter() - t0
         acc = run.history[-1]["val_acc"]  # read before the run folder goes
-    return {"seed": seed, "test_acc": round(acc, 4), "seconds": round(seconds, 1)}
+    return {"seed": seed, "test_acc": round(acc, 4), "seconds": round(seconds, 1), "load_avg": load_average()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     root = extract_cifar()
     splits = cifar_splits(root, a.per_class)
     names = ["recipe"] + [n for n in (a.only.split(",") if a.only else VARIANTS) if n != "recipe"]
+    out = RESULTS / f"recipe_ablation-{time.strftime('%Y%m%d-%H%M')}.json"
+    run_one(root, splits, a.recipe, {"epochs": 1}, 0, None)  # untimed: decodes into the cache, warms the kernels
     rows = []
+
+    def save(complete: bool) -> None:
+        from gapvision.atomic import write_text
+
+        write_text(out, json.dumps({"recipe": a.recipe, "per_class": a.per_class, "epochs": a.epochs, "seeds": a.seeds,
+                                    "machine": machine(), "complete": complete, "rows": rows}, indent=1) + "\n")
+
     for name in names:
         what, options = VARIANTS[name]
         runs = [run_one(root, splits, a.recipe, options, seed, a.epochs) for seed in range(a.seeds)]
@@ -91,15 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                      "mean_test_acc": round(acc, 4), "mean_seconds": round(sec, 1)})
         print(f"{name:16} {what:70} acc {acc:.4f}  {sec:6.1f} s  "
               f"({', '.join(str(r['test_acc']) for r in runs)})", flush=True)
+        save(False)
     base = rows[0]
     print(f"\n| change to the {a.recipe} recipe | test acc (mean of {a.seeds} seeds) | vs recipe | seconds | vs recipe |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['what']} | {100 * r['mean_test_acc']:.1f} % | {100 * (r['mean_test_acc'] - base['mean_test_acc']):+.1f} "
               f"| {r['mean_seconds']:.0f} | {r['mean_seconds'] / base['mean_seconds']:.2f}x |")
-    out = RESULTS / f"recipe_ablation-{time.strftime('%Y%m%d-%H%M')}.json"
-    out.write_text(json.dumps({"recipe": a.recipe, "per_class": a.per_class, "epochs": a.epochs, "seeds": a.seeds,
-                               "machine": machine(), "rows": rows}, indent=1) + "\n")
+    save(True)
     print(f"written {out}")
     return 0
 

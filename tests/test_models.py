@@ -153,3 +153,17 @@ def test_summarize_prints_table_and_head_share():
     assert stats["backbone_params"] + stats["head_params"] == stats["total_params"] == sum(p.numel() for p in net.parameters())
     assert stats["feature_map"] == [256, 4, 4] and stats["mult_adds"] > 0
     assert net.training  # summarize runs in eval mode and restores the mode
+
+
+def _momenta(net: nn.Module) -> list[float]:
+    return [m.momentum for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def test_bn_momentum_raises_only_the_lower_momenta_and_is_rebuilt_from_the_config():
+    built = _momenta(create_model("mnasnet1_0", "gap", 3, img_size=32))
+    assert built and max(built) < 0.01  # torchvision's MNASNet: 3e-4, made for long ImageNet runs
+    net = create_model("mnasnet1_0", "gap", 3, img_size=32, bn_momentum=0.1)
+    assert set(_momenta(net)) == {0.1} and net.config.bn_momentum == 0.1
+    again = create_model(**net.config.to_dict())  # how a run directory (load, resume) rebuilds it
+    assert set(_momenta(again)) == {0.1}
+    assert set(_momenta(create_model("fastnet_s", "gap", 3, img_size=32, bn_momentum=0.1))) == {0.2}  # higher: kept

@@ -118,3 +118,14 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path, monkey
 def test_unknown_option_is_a_clear_error():
     with pytest.raises(gv.ConfigError, match="unknown option"):
         train(SMALL, "fastnet_s", "gap", epochz=3)
+
+
+def test_from_scratch_runs_raise_bn_momentum_and_pretrained_ones_keep_theirs(tmp_path):
+    from gapvision.train.pipeline import SCRATCH_BN_MOMENTUM, prepare_run
+
+    run = train(SMALL, "mobilenet_v3_small", "gap", out=tmp_path / "r", epochs=1, **FAST)
+    assert run.config["model"]["bn_momentum"] == SCRATCH_BN_MOMENTUM == 0.1
+    assert min(m.momentum for m in run.model.modules() if isinstance(m, torch.nn.BatchNorm2d)) == 0.1
+    prep = prepare_run(SMALL, {"model": "mobilenet_v3_small", "weights": str(run.path), "quiet": True, **FAST})
+    assert prep.net.config.bn_momentum is None  # pretrained: the builder's momenta (0.01 for MobileNetV3)
+    assert min(m.momentum for m in prep.net.modules() if isinstance(m, torch.nn.BatchNorm2d)) == 0.01

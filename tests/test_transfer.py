@@ -51,6 +51,7 @@ def test_auto_chooses_transfer_for_pretrained_weights_unless_a_hyperparameter_is
     assert opts["epochs"] == 5 and opts["freeze"] == "bn" and opts["freeze_epochs"] == 1
     assert opts["lr"] == TRANSFER["lr"] and opts["backbone_lr"] == TRANSFER["backbone_lr"]  # not scaled (Adam)
     assert "epochs" not in note["from_recipe"] and "freeze_epochs" in note["from_recipe"]
+    assert opts["channels_last"] == "on" and "amp" not in opts  # channels-last, fp32
 
 
 def test_lr_takes_a_low_high_pair_and_auto():

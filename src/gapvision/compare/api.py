@@ -25,11 +25,11 @@ from .. import atomic, distributed
 from ..data.imageset import DataSplits
 from ..data.transforms import Preprocess
 from ..errors import ConfigError, GapvisionError, Interrupted
-from ..models.classifier import Classifier, create_model
+from ..models.classifier import Classifier
 from ..models.heads import HEADS
 from ..models.timm_backbone import pretrained_preprocess
 from ..runs import Run, default_run_dir, load_checkpoint, load_run
-from ..train.pipeline import (DataOptions, FeedFn, ModelOptions, initialise, prepare_data, resume,
+from ..train.pipeline import (DataOptions, FeedFn, ModelOptions, build_network, initialise, prepare_data, resume,
                               split_options, train)
 from ..train.trainer import TrainingDiverged, seed_everything
 from .features import FeatureStore, cache_blocker, map_bytes
@@ -250,9 +250,7 @@ def limit_images(splits: DataSplits, max_images: int, seed: int) -> DataSplits:
 def initial_model(mopts: ModelOptions, splits: DataSplits, pre: Preprocess, seed: int, verbose: bool) -> Classifier:
     """The network ``train(..., seed=seed)`` starts from (the head is irrelevant: the backbone is built first)."""
     seed_everything(seed)
-    net = create_model(mopts.model, mopts.head, len(splits.classes), in_channels=pre.channels, img_size=pre.img_size,
-                       dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze,
-                       verbose=verbose)
+    net = build_network(mopts, len(splits.classes), pre, verbose)
     initialise(net, mopts, splits, pre, seed)  # as train's start (--init)
     return net
 

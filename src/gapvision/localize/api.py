@@ -268,26 +268,39 @@ class Localizer:
             out.append(_Found(regions, {k: p[j] for j, k in enumerate(cand)}, tuple(probs.shape[-2:])))
         return out
 
-    def _ranked_regions(self, x: torch.Tensor) -> list[_Found]:
-        """cam/gradcam: the top classes of the image-level prediction, each with its map scaled to [0, 1]."""
+    def method_maps(self, x: torch.Tensor, chosen: torch.Tensor | None = None) -> tuple:
+        """``(probs, chosen, maps, where)`` for a batch ``x``: the image-level class probabilities (N x K; None when
+        ``chosen`` is given and the method would need an extra pass for them), the classes mapped (``chosen``, N x k;
+        default: the ``topk`` most probable), the method's raw maps of them (N x k x h x w: fcn the per-location
+        probabilities, cam the logit maps, ddt the descriptor projections, the others their gradient maps) and where
+        the map cells lie (``(stride, offset)`` for fcn/cam; ``(None, None)``: spread evenly over the input). The one
+        place that turns a method into maps, for the single-scale (:meth:`_ranked_regions`) and multi-scale paths."""
         where: tuple = (None, None)
-        if self.method == "cam":
-            maps = class_maps(self.fcn, x)  # type: ignore[arg-type]
-            where = (maps.stride, maps.offset)
-            probs = self._probs(maps.image_logits)
-            chosen = probs.topk(min(self.topk, probs.shape[1]), dim=1).indices
-            fmaps = maps.logits.gather(1, chosen[:, :, None, None].expand(-1, -1, *maps.logits.shape[-2:]))
+        probs = feats = full = None
+        if self.method in ("fcn", "cam"):
+            cm = class_maps(self.fcn, x, self.multilabel, self.reference if self.method == "fcn" else None)  # type: ignore
+            probs, full, where = self._probs(cm.image_logits), cm.probs if self.method == "fcn" else cm.logits, \
+                (cm.stride, cm.offset)
         elif self.method == "ddt":
-            with torch.no_grad():
+            with torch.inference_mode():
                 feats = self.net.features(x)  # type: ignore[union-attr]
                 probs = self._probs(self.net.head(feats))  # type: ignore[union-attr]
-            chosen = probs.topk(min(self.topk, probs.shape[1]), dim=1).indices
-            fmaps = self.ddt.maps(feats.float(), chosen)  # type: ignore[union-attr]
-        else:
-            with torch.no_grad():
+        elif chosen is None:
+            with torch.inference_mode():
                 probs = self._probs(self.net(x))  # type: ignore[misc]
-            chosen = probs.topk(min(self.topk, probs.shape[1]), dim=1).indices
-            fmaps, _ = explain(self.net, x, chosen, self.method, self.layer)  # type: ignore[arg-type]
+        if chosen is None:
+            chosen = probs.topk(min(self.topk, probs.shape[1]), dim=1).indices  # type: ignore[union-attr]
+        if full is not None:
+            maps = full.gather(1, chosen.to(full.device)[:, :, None, None].expand(-1, -1, *full.shape[-2:]))
+        elif feats is not None:
+            maps = self.ddt.maps(feats.float(), chosen)  # type: ignore[union-attr]
+        else:
+            maps, _ = explain(self.net, x, chosen, self.method, self.layer)  # type: ignore[arg-type]
+        return probs, chosen, maps, where
+
+    def _ranked_regions(self, x: torch.Tensor) -> list[_Found]:
+        """cam/gradcam/ddt/...: the top classes of the image-level prediction, each with its map scaled to [0, 1]."""
+        probs, chosen, fmaps, where = self.method_maps(x)
         heat = upsample(normalize_maps(fmaps.float()), tuple(x.shape[-2:]), *where).cpu().numpy()
         out = []
         for i in range(x.shape[0]):

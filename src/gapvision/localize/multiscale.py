@@ -27,8 +27,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..data.transforms import normalize, to_uint8
 from ..errors import ConfigError
 from ..runs import to_pil
-from .cam import class_maps, normalize_maps, upsample
-from .gradcam_lib import explain
+from .cam import normalize_maps, upsample
 
 if TYPE_CHECKING:
     from .api import Localizer
@@ -110,16 +109,8 @@ def _heat_batch(loc: "Localizer", pils: list, wanted: Sequence[Sequence[int]] | 
 def _scale_maps(loc: "Localizer", x: torch.Tensor, chosen: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """The method's maps of ``chosen`` (N x k) classes at this input, each scaled to [0, 1], on ``grid``."""
     scale = grid[0] / x.shape[-1]
+    _, _, maps, (stride, offset) = loc.method_maps(x, chosen)
     where: tuple = (None, None)  # a plain resize, except for the fcn/cam maps' known stride and offset
-    if loc.method == "ddt":  # each class's principal direction of the training descriptors (localize/ddt.py)
-        with torch.inference_mode():
-            feats = loc.net.features(x).float()  # type: ignore[union-attr]
-        maps = loc.ddt.maps(feats, chosen)  # type: ignore[union-attr]
-    elif loc.method not in ("fcn", "cam"):  # gradcam and pytorch-grad-cam's methods: gradients of the plain network
-        maps, _ = explain(loc.net, x, chosen, loc.method, loc.layer)  # type: ignore[arg-type]
-    else:
-        cm = class_maps(loc.fcn, x, loc.multilabel, loc.reference if loc.method == "fcn" else None)  # type: ignore
-        full = cm.probs if loc.method == "fcn" else cm.logits
-        maps = full.gather(1, chosen.to(full.device)[:, :, None, None].expand(-1, -1, *full.shape[-2:]))
-        where = (cm.stride * scale, (cm.offset[0] * scale + (scale - 1) / 2, cm.offset[1] * scale + (scale - 1) / 2))
+    if stride is not None:
+        where = (stride * scale, (offset[0] * scale + (scale - 1) / 2, offset[1] * scale + (scale - 1) / 2))
     return upsample(normalize_maps(maps.float()), grid, *where).cpu()

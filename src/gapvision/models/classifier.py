@@ -24,6 +24,7 @@ class ModelConfig:
     img_size: int = 64
     dropout: float = 0.0
     hidden: int = 256
+    bn_momentum: float | None = None  # the least BatchNorm momentum (None: the builder's), see create_model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,15 +95,20 @@ def create_model(
     hidden: int = 256,
     weights: str | None = None,
     freeze: str = "none",
+    bn_momentum: float | None = None,
     verbose: bool = False,
 ) -> Classifier:
     """Build ``model`` (a backbone name) with a ``head`` for ``num_classes`` classes.
 
     ``weights`` (a .pth/.safetensors file, a gapvision run directory or ``torchvision:DEFAULT``) are loaded where
-    names and shapes match; ``freeze`` is ``none``, ``backbone`` or ``bn`` (BatchNorm statistics fixed).
+    names and shapes match; ``freeze`` is ``none``, ``backbone`` or ``bn`` (BatchNorm statistics fixed);
+    ``bn_momentum``: BatchNorm layers with a lower momentum get this one (:func:`raise_bn_momentum`).
     """
-    cfg = ModelConfig(model, head, int(num_classes), int(in_channels), int(img_size), float(dropout), int(hidden))
+    cfg = ModelConfig(model, head, int(num_classes), int(in_channels), int(img_size), float(dropout), int(hidden),
+                      None if bn_momentum is None else float(bn_momentum))
     backbone = create_backbone(model, in_channels=in_channels)
+    if bn_momentum is not None:
+        raise_bn_momentum(backbone, float(bn_momentum))
     fsize = feature_size(backbone, in_channels, img_size, name=model)
     h = create_head(
         head,
@@ -122,6 +128,19 @@ def create_model(
             print(report.summary())
     set_freeze(net, freeze)
     return net
+
+
+def raise_bn_momentum(module: nn.Module, least: float) -> int:
+    """Give every BatchNorm layer of ``module`` whose running-statistics momentum is below ``least`` that momentum;
+    returns how many changed. Some builders set momenta made for long ImageNet runs (torchvision's MNASNet 3e-4,
+    MobileNetV3 1e-2): trained from scratch for a few hundred steps, their running statistics stay
+    far from the batch statistics and evaluation sits at chance while training accuracy climbs."""
+    changed = 0
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum < least:
+            m.momentum = least
+            changed += 1
+    return changed
 
 
 def set_freeze(net: Classifier, freeze: str) -> None:
