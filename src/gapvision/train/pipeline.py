@@ -179,8 +179,9 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
 
 
 #: from scratch, BatchNorm momenta below this are raised to it (recorded as config.json's model.bn_momentum):
-#: builtin:shapes, 6 default epochs, validation accuracy MNASNet 0.250 -> 0.578, MobileNetV3-small 0.458 -> 0.682
-#: with the same training losses (models/classifier.py: raise_bn_momentum); pretrained weights keep their own
+#: builtin:shapes, 6 epochs, final validation accuracy MNASNet 0.250 -> 0.670, MobileNetV3-small 0.545 -> 0.660
+#: (bench/backbones.py with and without --builder-bn-momentum; models/classifier.py: raise_bn_momentum); pretrained
+#: weights keep their own
 SCRATCH_BN_MOMENTUM = 0.1
 
 
