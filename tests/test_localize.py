@@ -350,6 +350,16 @@ def test_shapes_scenes_evaluation_numbers(shapes_run, tmp_path):
     assert plain["presence_precision"] < m["presence_precision"]
 
 
+
+def test_grabcut_refinement_fits_the_boxes_to_the_shapes(shapes_run):
+    pytest.importorskip("cv2", reason="box refinement needs OpenCV (opencv-python-headless)")
+    plain = evaluate_scenes(shapes_run, SCENES)
+    fitted = evaluate_scenes(shapes_run, SCENES, refine="grabcut")
+    assert fitted["presence_f1"] == plain["presence_f1"]  # the same classes: only the boxes change
+    assert fitted["mean_iou"] >= plain["mean_iou"] + 0.15 and fitted["ap50"] > plain["ap50"]
+    with pytest.raises(ConfigError, match="--refine"):
+        evaluate_scenes(shapes_run, SCENES, refine="crf")
+
 def test_cli_localize_images_and_evaluate(shapes_run, tmp_path, capsys):
     from gapvision.data.builtin import make_scenes
 

@@ -112,3 +112,20 @@ def test_training_fastnet_w_sets_its_whitening_from_the_train_split(tmp_path):
     w = run.model.backbone.stem[0].weight
     d = w.shape[0] // 2
     assert not torch.equal(w[:d].flatten(1), torch.eye(d))  # no longer the identity basis it is built with
+
+
+
+def test_crops_tta_runs_validate_epochs_with_flip_and_the_final_evaluation_with_crops(tmp_path, monkeypatch):
+    from gapvision.predictor import Predictor
+
+    seen: list[str] = []
+    real_init = Predictor.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("tta", "off"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "__init__", spy)
+    run = train("builtin:shapes?n=64&size=16", recipe="fast90", epochs=2, workers=0, quiet=True, out=tmp_path / "r")
+    assert seen == ["flip", "flip", "crops"]  # epoch 1, epoch 2, then pipeline.finish's evaluation (metrics.json)
+    assert len(run.history) == 2 and 0 <= run.metrics["val"]["acc"] <= 1

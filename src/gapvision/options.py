@@ -148,7 +148,8 @@ TRAIN_HELP: dict[str, str | tuple[str, str]] = {
               "both only when no optimiser option is given; none: plain defaults",
     "ema": "evaluate and save a moving average of the weights (decay per step, e.g. 0.99; 0 = off)",
     "tta": "test-time augmentation wherever the run is evaluated or predicts (flip: average with the mirrored image; "
-           "crops: flip, and the same on the image shifted by one pixel both ways, after airbench)",
+           "crops: flip, and the same on the image shifted by one pixel both ways, after airbench; the epochs of a "
+           "crops run are validated with flip, its final evaluation with the crops)",
     "backbone_lr": ("the backbone's learning rate (discriminative lr)", "--lr"),
     "freeze_epochs": "first epochs with the backbone frozen, training the head only (transfer recipe: 1)",
     "freeze_lr": ("learning rate of the head-only epochs", "--lr"),

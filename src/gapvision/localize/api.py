@@ -44,6 +44,7 @@ from .boxes import Detection, Threshold, component_boxes, nms_per_class, rank_cl
 from .cam import background_reference, class_maps, normalize_maps, upsample
 from .gradcam_lib import LIBRARY_METHODS, explain
 from .multiscale import class_heat, parse_scales
+from .refine import REFINES, refine_regions
 from .results import LocalizeResults
 from .video import is_video, read_frames
 from .wsol import RULES, heat_boxes, unit_range
@@ -54,6 +55,7 @@ BACKGROUNDS = ("blank", "none")
 DEFAULT_MIN_SCORE = {"fcn": 0.9, "cam": 0.2, "gradcam": 0.2, "ddt": 0.2, **{m: 0.2 for m in LIBRARY_METHODS}}
 MULTISCALE_MIN_SCORE = 0.5  # class probability at the training size (multi-scale path, uncalibrated)
 DEFAULT_RULE = "largest"  # box rule of the multi-scale path and the never-empty fallback (uncalibrated)
+DEFAULT_REFINE = "none"  # box refinement of the single-scale path: none | grabcut (localize/refine.py)
 CONFIDENT = 0.5  # a top-1 class at least this probable always gets a box
 
 
@@ -132,7 +134,7 @@ class Localizer:
                  scale: float | None = None, max_side: int | None = None, layer: str | None = None,
                  background: str = "blank", smooth: int = 1, min_area: int | None = None,
                  device: str | torch.device | None = None, scales: str | Sequence[float] | None = None,
-                 rule: str | None = None, calibration: bool = True):
+                 rule: str | None = None, calibration: bool = True, refine: str | None = None):
         from .calibrate import calibrated
 
         saved = calibrated(run, method) if calibration else None
@@ -162,6 +164,10 @@ class Localizer:
             raise ConfigError(f"unknown --rule {rule!r}: choose {', '.join(RULES)}")
         self.scales = parse_scales(scales) if scales is not None else None
         self.rule = rule or DEFAULT_RULE
+        refine = refine or entry.get("refine") or DEFAULT_REFINE
+        if refine not in REFINES:
+            raise ConfigError(f"unknown --refine {refine!r}: choose {', '.join(REFINES)}")
+        self.refine = refine
         self.threshold = Threshold.parse(threshold if threshold is not None else DEFAULT_THRESHOLD[method])
         if min_score is None:
             min_score = MULTISCALE_MIN_SCORE if self.scales else DEFAULT_MIN_SCORE[method]
@@ -226,9 +232,12 @@ class Localizer:
             raise
         h_in, w_in = x.shape[-2:]
         results = []
-        for (_, size, name), f in zip(items, found):
+        for (t, size, name), f in zip(items, found):
             sx, sy = size[0] / w_in, size[1] / h_in
-            dets = [Detection(k, self._label(k), score, _rescale(box, sx, sy, size)) for k, score, box in f.regions]
+            regions = f.regions
+            if self.refine == "grabcut":
+                regions = refine_regions(t.permute(1, 2, 0).numpy(), f.heat, regions)
+            dets = [Detection(k, self._label(k), score, _rescale(box, sx, sy, size)) for k, score, box in regions]
             dets = nms_per_class(dets, self.nms_iou)
             ranked = rank_classes(dets, self.topk)
             keep = {c["class_index"] for c in ranked}

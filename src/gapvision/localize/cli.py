@@ -58,6 +58,9 @@ def register(sub: Any) -> None:
                    "the training size, extent fused over the scales)")
     p.add_argument("--rule", choices=["all", "largest", "union"], help="multi-scale boxes: one per region (all), the "
                    "largest region, or one around all regions")
+    p.add_argument("--refine", choices=["none", "grabcut"], help="box refinement: grabcut fits each map box to the "
+                   "object's edges in the image (OpenCV's GrabCut seeded by the map; default: the run's calibration, "
+                   "else none)")
     p.add_argument("--no-calibration", action="store_true", help="ignore RUN_DIR/localize.json")
     p.add_argument("--no-render", action="store_true", help="write only the JSON files, no pictures")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -85,7 +88,7 @@ def cmd_localize(a: argparse.Namespace) -> None:
     options: dict[str, Any] = {
         "method": a.method, "threshold": a.threshold, "min_score": a.min_score, "topk": a.topk,
         "multilabel": a.multilabel, "background": a.background, "smooth": a.smooth, "min_area": a.min_area, "nms_iou": a.nms_iou,
-        "max_side": a.max_side, "layer": a.layer, "device": a.device, "rule": a.rule,
+        "max_side": a.max_side, "layer": a.layer, "device": a.device, "rule": a.rule, "refine": a.refine,
         "calibration": not a.no_calibration,
     }
     if a.scales:

@@ -31,6 +31,10 @@ from .optim import FULL_PHASE, HEAD_PHASE, build_optimizer, lr_factor, phase_of,
 NOT_LEARNING_EPOCHS = 3  # epochs in a row at the majority share before a run is said not to learn
 NOT_LEARNING_MARGIN = 0.05  # "at the majority share": validation accuracy within this of it
 NOT_LEARNING_LOSS = 0.9  # ... while the training loss stays above this fraction of the first epoch's
+#: the per-epoch validation's test-time augmentation for a run's --tta (missing: the run's own): multi-crop TTA costs
+#: 6 forward passes against flip's 2, so the epochs are validated with flip (for the curve, best epoch and early
+#: stopping) and the final evaluation (metrics.json, pipeline.finish) with the crops
+EPOCH_TTA = {"crops": "flip"}
 
 
 class TrainingDiverged(GapvisionError):
@@ -183,17 +187,19 @@ class Trainer:
             )
         return loss_sum / max(count, 1), correct / max(count, 1)
 
-    def evaluate(self, batches: Batches, keep_probs: bool = False, net: nn.Module | None = None) -> EvalResult:
+    def evaluate(self, batches: Batches, keep_probs: bool = False, net: nn.Module | None = None,
+                 tta: str | None = None) -> EvalResult:
         """Loss, accuracy and predictions of ``net`` (default: the trained one) over ``batches``, through the same
-        :class:`~gapvision.predictor.Predictor` arithmetic as every later evaluation (TTA, AMP, channels-last)."""
-        return self.predictor(self.net if net is None else net).evaluate(batches, keep_probs=keep_probs,
-                                                                          reduce=self.reduce)
+        :class:`~gapvision.predictor.Predictor` arithmetic as every later evaluation (TTA, AMP, channels-last);
+        ``tta`` overrides the run's."""
+        return self.predictor(self.net if net is None else net, tta).evaluate(batches, keep_probs=keep_probs,
+                                                                               reduce=self.reduce)
 
-    def predictor(self, net: nn.Module) -> Predictor:
-        """A Predictor of ``net`` with this run's inference settings on the training device."""
+    def predictor(self, net: nn.Module, tta: str | None = None) -> Predictor:
+        """A Predictor of ``net`` with this run's inference settings (``tta``: another TTA) on the training device."""
         cfg = self.cfg
-        return Predictor(net, tta=cfg.tta, amp=cfg.amp, channels_last=cfg.channels_last, batch_size=cfg.batch_size,
-                         device=self.device)
+        return Predictor(net, tta=tta or cfg.tta, amp=cfg.amp, channels_last=cfg.channels_last,
+                         batch_size=cfg.batch_size, device=self.device)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def fit(self, train: Batches, val: Batches, until: int | None = None) -> TrainState:
@@ -205,7 +211,7 @@ class Trainer:
                 self.enter_phase(phase_of(cfg, epoch))
             t0 = time.perf_counter()
             train_loss, train_acc = self.train_epoch(train, epoch)
-            ev = self.evaluate(val, net=self.eval_net)
+            ev = self.evaluate(val, net=self.eval_net, tta=EPOCH_TTA.get(cfg.tta))
             row = {
                 "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": ev.loss,
                 "val_acc": ev.acc, "lr": max(g["lr"] for g in self.optimizer.param_groups),
