@@ -63,14 +63,16 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - t0
             accs = [round(r["val_acc"], 4) for r in run.history]
             per_epoch = round(sum(r["seconds"] for r in run.history) / len(run.history), 1)
-            row = {"model": name, "img_size": size, "val_acc": accs, "seconds_per_epoch": per_epoch,
+            row = {"model": name, "img_size": size, "val_acc": accs,
+                   "train_acc": [round(r["train_acc"], 4) for r in run.history], "seconds_per_epoch": per_epoch,
                    "wall_seconds": round(wall, 1), "beats_twice_chance": accs[-1] > 0.5,
                    "lr": run.config["train"]["lr"], "batch_size": run.config["train"]["batch_size"],
                    "warnings": run.metrics.get("warnings", [])}
             if size != 64:
                 row["note"] = f"smallest accepted input {size} px"
             rows.append(row)
-            print(f"{name:20s} {size:4d} px  val acc {' '.join(f'{x:.3f}' for x in accs)}  {per_epoch:7.1f} s/epoch"
+            print(f"{name:20s} {size:4d} px  val acc {' '.join(f'{x:.3f}' for x in accs)}  train acc "
+                  f"{' '.join(f'{x:.3f}' for x in row['train_acc'])}  {per_epoch:7.1f} s/epoch"
                   f"  {'ok' if row['beats_twice_chance'] else 'BELOW 2x chance'}", flush=True)
     tag = "-builder-bn" if a.builder_bn_momentum else ""
     out = REPO / "bench" / "results" / f"backbones-{time.strftime('%Y%m%d-%H%M')}{tag}.json"

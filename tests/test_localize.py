@@ -353,12 +353,16 @@ def test_shapes_scenes_evaluation_numbers(shapes_run, tmp_path):
 
 def test_grabcut_refinement_fits_the_boxes_to_the_shapes(shapes_run):
     pytest.importorskip("cv2", reason="box refinement needs OpenCV (opencv-python-headless)")
-    plain = evaluate_scenes(shapes_run, SCENES)
-    fitted = evaluate_scenes(shapes_run, SCENES, refine="grabcut")
+    plain = evaluate_scenes(shapes_run, SCENES, refine="none")
+    fitted = evaluate_scenes(shapes_run, SCENES)  # the default: refined
     assert fitted["presence_f1"] == plain["presence_f1"]  # the same classes: only the boxes change
     assert fitted["mean_iou"] >= plain["mean_iou"] + 0.15 and fitted["ap50"] > plain["ap50"]
     with pytest.raises(ConfigError, match="--refine"):
         evaluate_scenes(shapes_run, SCENES, refine="crf")
+    # the multi-scale path (maps on the training-size grid, boxes in the image's pixels) refines the same way
+    plain = evaluate_scenes(shapes_run, SCENES, scales=(1.0,), refine="none")
+    fitted = evaluate_scenes(shapes_run, SCENES, scales=(1.0,), refine="grabcut")
+    assert fitted["mean_iou"] >= plain["mean_iou"] + 0.1
 
 def test_cli_localize_images_and_evaluate(shapes_run, tmp_path, capsys):
     from gapvision.data.builtin import make_scenes

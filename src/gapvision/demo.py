@@ -5,11 +5,13 @@ from pathlib import Path
 
 from .runs import Run, default_run_dir
 
-# Per-image augmentation (flip, small rotation, colour jitter; the streaming path): the class maps of the result
-# localise shapes in multi-object scenes far better (presence F1 0.99 vs 0.84, `gapvision localize --evaluate`)
-# than without augmentation or with the in-memory flip + translate.
-DEMO = dict(data="builtin:shapes?n=1200&size=64", model="fastnet_s", head="gap", epochs=6, batch_size=64,
-            optimizer="sgd", lr=0.05, augment="basic", in_memory="off", img_size=64)
+# The fast recipe (Nesterov SGD, warm-up, label smoothing, EMA; 16 epochs of 15 steps for these 960 training images)
+# with per-image augmentation (flip, small rotation, colour jitter: the streaming path). Measured on 200 shapes
+# scenes (`gapvision localize RUN --evaluate builtin:shapes-scenes`), seeds 0 / 1 / 2: presence F1 0.986 / 0.970 /
+# 1.000, where the plain SGD run of 6 epochs with flip + translate gave 0.84 (seed 0) and with the jitter did not
+# learn at seed 1 (validation accuracy 0.36).
+DEMO = dict(data="builtin:shapes?n=1200&size=64", model="fastnet_s", head="gap", recipe="fast", augment="jitter",
+            in_memory="off", img_size=64)
 
 
 def run_demo(out: str | Path | None = None, quiet: bool = False) -> Run:

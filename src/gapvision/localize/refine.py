@@ -14,10 +14,20 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..errors import ConfigError
 from .boxes import Box, box_iou
 
 REFINES = ("none", "grabcut")
 MAX_SIDE = 256  # GrabCut runs on images shrunk to at most this many pixels a side
+
+
+def require_opencv() -> None:
+    """A one-line error when OpenCV (for GrabCut) is not installed."""
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        raise ConfigError("--refine grabcut needs OpenCV: pip install opencv-python-headless (a gapvision "
+                          "dependency), or pass --refine none") from None
 
 
 def grabcut_boxes(image: np.ndarray, heat: np.ndarray, box: Box, *, margin: float = 0.25, core: float = 0.5,
@@ -93,9 +103,59 @@ def refine_regions(image: np.ndarray, heat: dict[int, np.ndarray],
     """``(class, score, box)`` regions of one image with each box refined by :func:`grabcut_boxes` on ``image``
     (H x W x C uint8, the pixels of the boxes and of the maps ``heat[class]``); a class without a map keeps its box."""
     out: list[tuple[int, float, Box]] = []
-    for k, score, box in regions:
+    for k, score, box in group_regions(regions, {k for k, _, _ in regions if k in heat}):
         if k not in heat:
             out.append((k, score, box))
             continue
         out.extend((k, score, b) for b in grabcut_boxes(image, heat[k], box))
     return out
+
+
+def group_regions(regions: list[tuple[int, float, Box]], classes: set[int], margin: float = 1.0
+                  ) -> list[tuple[int, float, Box]]:
+    """Regions of each class in ``classes`` whose boxes, grown by ``margin`` of their size, overlap, joined into
+    one box (best score): the parts of one object that a class map shows as separate peaks are refined together,
+    and GrabCut's connected parts then tell one object from several. Other regions are returned as they are."""
+    out = [r for r in regions if r[0] not in classes]
+    for k in sorted(classes):
+        mine = [[s, b] for c, s, b in regions if c == k]
+        merged = True
+        while merged:
+            merged = False
+            for i in range(len(mine)):
+                for j in range(i + 1, len(mine)):
+                    if _touch(_grow(mine[i][1], margin), _grow(mine[j][1], margin)):
+                        a, b = mine[i][1], mine[j][1]
+                        mine[i] = [max(mine[i][0], mine[j][0]), (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]),
+                                                                  max(a[3], b[3]))]
+                        del mine[j]
+                        merged = True
+                        break
+                if merged:
+                    break
+        out.extend((k, s, b) for s, b in mine)
+    return out
+
+
+def _grow(b: Box, margin: float) -> Box:
+    dx, dy = margin * (b[2] - b[0]), margin * (b[3] - b[1])
+    return (b[0] - dx, b[1] - dy, b[2] + dx, b[3] + dy)
+
+
+def _touch(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def refine_on_image(image: Image.Image, heat: dict[int, np.ndarray],
+                    regions: list[tuple[int, float, Box]]) -> list[tuple[int, float, Box]]:
+    """:func:`refine_regions` for boxes in ``image``'s own pixels and maps on any grid that covers the whole image
+    (the multi-scale path): both are brought to the image shrunk to at most MAX_SIDE pixels a side."""
+    w, h = image.size
+    f = min(1.0, MAX_SIDE / max(w, h))
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    pixels = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR) if f < 1 else image.convert("RGB"))
+    maps = {k: np.asarray(Image.fromarray(np.asarray(m, dtype=np.float32)).resize(size, Image.BILINEAR))
+            for k, m in heat.items()}
+    sx, sy = w / size[0], h / size[1]
+    small = [(k, s, (b[0] / sx, b[1] / sy, b[2] / sx, b[3] / sy)) for k, s, b in regions]
+    return [(k, s, (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)) for k, s, b in refine_regions(pixels, maps, small)]
