@@ -13,7 +13,9 @@ Three timings on the same input, interleaved per repeat so that load from other 
   * multiscale -- ``Localizer(run, scales=(1, 1.5, 2))`` on the 1024 x 768 picture: the class decision at the
                  training size, the maps at 1, 1.5 and 2 times it fused, boxes (what a calibrated run does by default).
   * default   -- ``Localizer(run)`` on the picture: the run's calibrated settings when it has a localize.json,
-                 else the native-resolution fcn pipeline (with its resizing and decoding-free input).
+                 else the native-resolution fcn pipeline (with its resizing and decoding-free input), boxes refined
+                 by GrabCut (the default ``--refine``): give ``--weights`` and ``--image`` so that there are real
+                 objects to refine.
 It prints the median of each and the ratios to ``forward`` (targets: maps/forward <= 1.5, default and multiscale
 <= 3). Latency does not depend on the weights' values, so no download or training is needed.
 """
@@ -26,7 +28,7 @@ import time
 import torch
 from PIL import Image
 
-from gapvision.data.transforms import Preprocess
+from gapvision.data.transforms import Preprocess, normalize
 from gapvision.localize import Localizer, class_maps
 from gapvision.localize.multiscale import DEFAULT_SCALES
 from gapvision.models import create_model
@@ -36,6 +38,10 @@ from gapvision.runs import Run, load_run
 def build_run(a: argparse.Namespace) -> Run:
     if a.run:
         return load_run(a.run)
+    if a.weights:
+        from gapvision.predict import open_predictor
+
+        return open_predictor(None, model=a.model, weights=a.weights, labels=a.labels, normalize=a.normalize)
     net = create_model(a.model, "gap", a.classes, img_size=a.img_size).eval()
     pre = Preprocess(channels=3, img_size=a.img_size)
     config = {"classes": [f"c{i}" for i in range(a.classes)], "preprocess": pre.to_dict(), "model": net.config.to_dict()}
@@ -62,6 +68,11 @@ def main() -> None:
     p.add_argument("--height", type=int, default=768)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    p.add_argument("--weights", help="pretrained weights for --model (with --labels, --normalize), so that the "
+                   "maps find real objects and the boxes are refined as they would be")
+    p.add_argument("--labels", help="class names for --weights")
+    p.add_argument("--normalize", help="the normalisation of --weights (e.g. half)")
+    p.add_argument("--image", help="a photo, resized to --width x --height (default: random pixels)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -69,8 +80,13 @@ def main() -> None:
     loc = Localizer(run, method="fcn")
     net = run.model.to(loc.device).eval()
     x = torch.randn(1, run.preprocess.channels, a.height, a.width, device=loc.device)
-    image = (torch.rand(run.preprocess.channels, a.height, a.width) * 255).to(torch.uint8)
-    picture = Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy())
+    if a.image:
+        picture = Image.open(a.image).convert("RGB" if run.preprocess.channels == 3 else "L").resize((a.width, a.height))
+        image = loc.prepare(picture)[0]
+        x = normalize(image[None].to(loc.device), run.preprocess)
+    else:
+        image = (torch.rand(run.preprocess.channels, a.height, a.width) * 255).to(torch.uint8)
+        picture = Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy())
     multi = Localizer(run, method="cam", scales=DEFAULT_SCALES, calibration=False)
     default = Localizer(run)
 
@@ -100,11 +116,15 @@ def main() -> None:
         for k, fn in runs.items():
             times[k].append(timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
-    name = run.path or f"{a.model} ({a.classes} classes, random weights)"
+    name = run.path or (f"{a.model} ({a.weights}) on {a.image or 'random pixels'}" if a.weights
+                        else f"{a.model} ({a.classes} classes, random weights)")
     print(f"{name} at {a.width}x{a.height} on {loc.device}, {torch.get_num_threads()} threads, "
           f"median of {a.repeats}:")
     for k, v in med.items():
         print(f"  {k:<9} {v * 1000:8.1f} ms   {v / med['forward']:.2f}x forward")
+    found = default([picture])[0]
+    print(f"default localize: {len(found.detections)} box(es), refine {default.refine}, "
+          f"{', '.join(c['label'] for c in found.classes[:3])}")
     print(f"class maps / forward = {med['maps'] / med['forward']:.2f} (target <= 1.5); default localize / forward = "
           f"{med['default'] / med['forward']:.2f}, multi-scale {med['multiscale'] / med['forward']:.2f} (target <= 3)"
           + (" [calibrated]" if default.calibration else " [not calibrated]"))

@@ -157,6 +157,11 @@ def test_calibration_round_trip_through_the_run_directory(tmp_path, colour_voc):
     loc = Localizer(run)  # no options: the calibrated method, threshold, rule and scales
     assert loc.method == "cam" and loc.scales == (1.0, 2.0) and loc.rule == entry["rule"]
     assert loc.threshold.value == entry["threshold"] and loc.min_score == entry["min_score"]
+    # box refinement: both measured on the calibration images, the one with the better AP@0.5 kept and used
+    assert set(entry["refine_scores"]) == {"none", "grabcut"} and loc.refine == entry["refine"]
+    best = max(entry["refine_scores"].values(), key=lambda v: (v["ap50"], v["mean_iou"]))
+    assert entry["refine_scores"][entry["refine"]] == best
+    assert Localizer(run, refine="none").refine == "none"  # an explicit option still wins
     assert Localizer(run, calibration=False).scales is None
     after = evaluate_localization(run, str(colour_voc), split="val", out=tmp_path / "ev")
     assert after["calibrated"] and after["images"] == 6 and after["method"] == "cam"

@@ -5,7 +5,10 @@ and the box rule that maximise the single-box form of MaxBoxAccV2 (:func:`.wsol.
 presence score that maximises presence F1 are chosen and written to ``RUN_DIR/localize.json`` (atomically)::
 
     {"format_version": 1, "method": "cam", "methods": {"cam": {"threshold": 0.3, "rule": "largest",
-     "scales": [1.0, 1.5, 2.0], "min_score": 0.5, "score": 0.81, "images": 20, "data": "...", "split": "train"}}}
+     "scales": [1.0, 1.5, 2.0], "min_score": 0.5, "score": 0.81, "images": 20, "data": "...", "split": "train",
+     "refine": "grabcut", "refine_scores": {"none": {"ap50": 0.4, "mean_iou": 0.5}, "grabcut": {...}}}}}
+
+``refine`` (box refinement, :mod:`.refine`) is the one whose boxes score the higher AP@0.5 on the same images.
 
 ``method`` is the last calibrated one; :class:`~gapvision.localize.api.Localizer` (``localize``, ``serve``) uses the
 entry of its method by default, and the FCN export copies the file into its metadata.

@@ -17,6 +17,7 @@ from ..runs import Run
 from .api import Localizer, as_run
 from .boxes import Box, Detection, box_iou
 from .calibrate import calibration_entry, save_calibration
+from .refine import REFINES
 from .multiscale import DEFAULT_SCALES, ClassHeat, class_heat
 from .wsol import Sample, wsol_scores
 
@@ -213,10 +214,23 @@ def calibrate(run_or_model: Any, data: str, *, split: str = "train", images: int
         imgs = imgs.subset(np.sort(np.random.default_rng(seed).permutation(len(imgs))[:images]))
     if len(imgs) == 0:
         raise DataError(f"no annotated images of {data} ({split}) to calibrate on")
+    refine = options.pop("refine", None)
     loc = Localizer(run, method=method, scales=scales, calibration=False, **options)
     samples, heats = wsol_samples(loc, imgs, scales, batch_size)
     truths = [{int(c) for c, _ in objs} for objs in imgs.boxes]  # type: ignore[union-attr]
     entry = calibration_entry(samples, heats, truths, tuple(scales or DEFAULT_SCALES), data=str(data), split=split)
+    entry["refine_scores"] = {}
+    for r in ((refine,) if refine else REFINES):  # box refinement, chosen by the AP@0.5 of the boxes it gives
+        settings = {k: entry[k] for k in ("threshold", "min_score", "rule", "scales")}
+        rest = {k: v for k, v in options.items() if k not in settings}
+        found = Localizer(run, method=loc.method, calibration=False, refine=r, **settings, **rest)(
+            [imgs.load(i) for i in range(len(imgs))], batch_size=batch_size)
+        boxes = [[(c, tuple(float(v) for v in b)) for c, b in objs] for objs in imgs.boxes]  # type: ignore[union-attr]
+        m = score_detections([f.detections for f in found], [[c["class_index"] for c in f.classes] for f in found],
+                             boxes)
+        entry["refine_scores"][r] = {"ap50": m["ap50"], "mean_iou": m["mean_iou"]}
+    scores = entry["refine_scores"]
+    entry["refine"] = max(scores, key=lambda r: (scores[r]["ap50"], scores[r]["mean_iou"]))
     save_calibration(run, loc.method, entry)
     return entry
 
