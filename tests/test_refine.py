@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("cv2", reason="box refinement needs OpenCV (opencv-python-headless)")
 
 from gapvision.localize.boxes import box_iou  # noqa: E402
-from gapvision.localize.refine import grabcut_boxes  # noqa: E402
+from gapvision.localize.refine import grabcut_boxes, refine_regions  # noqa: E402
 
 
 def _blob(h: int, w: int, cy: float, cx: float, sigma: float) -> np.ndarray:
@@ -59,5 +59,5 @@ def test_a_large_image_is_refined_on_a_shrunk_copy_in_its_own_pixels():
     img = np.kron(np.clip(_scene(3), 0, 255).astype(np.uint8), np.ones((8, 8, 1), dtype=np.uint8))  # 768 x 768
     img[240:448, 160:400] = (210, 40, 40)
     heat = _blob(768, 768, 344, 280, 96)
-    out = grabcut_boxes(img, heat, (64.0, 144.0, 496.0, 544.0), max_side=192)
+    out = [b for _, _, b in refine_regions(img, {0: heat}, [(0, 1.0, (64.0, 144.0, 496.0, 544.0))], max_side=192)]
     assert len(out) == 1 and float(box_iou(out, [(160.0, 240.0, 400.0, 448.0)])[0, 0]) > 0.9

@@ -137,6 +137,11 @@ def annotated_images(run: Run, data: str, split: str = "all", skip_bad: bool = T
     return imgs.subset(keep)
 
 
+def truth_boxes(imgs: ImageSet) -> list[list[Truth]]:
+    """The ground-truth ``(class, box)`` pairs of every image of ``imgs``, boxes as float tuples."""
+    return [[(c, tuple(float(v) for v in box)) for c, box in objs] for objs in imgs.boxes]  # type: ignore[union-attr]
+
+
 def wsol_samples(loc: Localizer, imgs: ImageSet, scales: Sequence[float] | None = None,
                  batch_size: int = 16) -> tuple[list[Sample], list[ClassHeat]]:
     """One :class:`~.wsol.Sample` per image (its label's fused map and boxes; the predicted class at the training
@@ -184,7 +189,7 @@ def evaluate_localization(run_or_model: Any, data: str = "builtin:shapes-scenes"
     for start in range(0, len(imgs), batch_size):
         idx = range(start, min(start + batch_size, len(imgs)))
         results.extend(loc([imgs.load(i) for i in idx], [imgs.name(i) for i in idx], batch_size=batch_size))
-    truths = [[(c, tuple(float(v) for v in box)) for c, box in objs] for objs in imgs.boxes]  # type: ignore[union-attr]
+    truths = truth_boxes(imgs)
     metrics.update(score_detections([r.detections for r in results], [[c["class_index"] for c in r.classes]
                                                                       for r in results], truths, iou))
     metrics.update({"data": str(data), "split": split, "scale": round(float(scale or 1.0), 4), "method": loc.method,
@@ -219,17 +224,17 @@ def calibrate(run_or_model: Any, data: str, *, split: str = "train", images: int
     samples, heats = wsol_samples(loc, imgs, scales, batch_size)
     truths = [{int(c) for c, _ in objs} for objs in imgs.boxes]  # type: ignore[union-attr]
     entry = calibration_entry(samples, heats, truths, tuple(scales or DEFAULT_SCALES), data=str(data), split=split)
-    entry["refine_scores"] = {}
-    for r in ((refine,) if refine else REFINES):  # box refinement, chosen by the AP@0.5 of the boxes it gives
-        settings = {k: entry[k] for k in ("threshold", "min_score", "rule", "scales")}
-        rest = {k: v for k, v in options.items() if k not in settings}
+    # box refinement: each option's boxes at the chosen operating point, the one with the better AP@0.5 kept
+    settings = {k: entry[k] for k in ("threshold", "min_score", "rule", "scales")}
+    rest = {k: v for k, v in options.items() if k not in settings}
+    pictures, boxes = [imgs.load(i) for i in range(len(imgs))], truth_boxes(imgs)
+    scores = entry["refine_scores"] = {}
+    for r in ((refine,) if refine else REFINES):
         found = Localizer(run, method=loc.method, calibration=False, refine=r, **settings, **rest)(
-            [imgs.load(i) for i in range(len(imgs))], batch_size=batch_size)
-        boxes = [[(c, tuple(float(v) for v in b)) for c, b in objs] for objs in imgs.boxes]  # type: ignore[union-attr]
+            pictures, batch_size=batch_size)
         m = score_detections([f.detections for f in found], [[c["class_index"] for c in f.classes] for f in found],
                              boxes)
-        entry["refine_scores"][r] = {"ap50": m["ap50"], "mean_iou": m["mean_iou"]}
-    scores = entry["refine_scores"]
+        scores[r] = {"ap50": m["ap50"], "mean_iou": m["mean_iou"]}
     entry["refine"] = max(scores, key=lambda r: (scores[r]["ap50"], scores[r]["mean_iou"]))
     save_calibration(run, loc.method, entry)
     return entry

@@ -31,25 +31,14 @@ def require_opencv() -> None:
 
 
 def grabcut_boxes(image: np.ndarray, heat: np.ndarray, box: Box, *, margin: float = 0.25, core: float = 0.5,
-                  iterations: int = 4, min_iou: float = 0.2, min_part: float = 0.25,
-                  max_side: int = MAX_SIDE) -> list[Box]:
+                  iterations: int = 4, min_iou: float = 0.2, min_part: float = 0.25) -> list[Box]:
     """The refined box(es) of one map box (see the module docstring).
 
     ``image``: H x W x 3 uint8 RGB (or H x W grey), the pixels ``box`` (x0, y0, x1, y1, exclusive) and ``heat``
-    (H x W, any range) refer to. Parts of the foreground smaller than ``min_part`` of the largest are dropped. An
-    image whose longer side exceeds ``max_side`` is refined on a copy shrunk to it (GrabCut's cost grows with the
-    pixels; the boxes come back in ``image``'s pixels).
+    (H x W, any range) refer to. Parts of the foreground smaller than ``min_part`` of the largest are dropped.
+    GrabCut's cost grows with the pixels: :func:`refine_regions` shrinks large images first.
     """
     h, w = heat.shape
-    if max(h, w) > max_side:
-        f = max_side / max(h, w)
-        small = (max(1, round(w * f)), max(1, round(h * f)))
-        img = np.asarray(Image.fromarray(np.ascontiguousarray(image.squeeze())).resize(small, Image.BILINEAR))
-        hm = np.asarray(Image.fromarray(np.asarray(heat, dtype=np.float32)).resize(small, Image.BILINEAR))
-        sx, sy = w / small[0], h / small[1]
-        boxes = grabcut_boxes(img, hm, (box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy), margin=margin,
-                              core=core, iterations=iterations, min_iou=min_iou, min_part=min_part, max_side=max_side)
-        return [(min(w, b[0] * sx), min(h, b[1] * sy), min(w, b[2] * sx), min(h, b[3] * sy)) for b in boxes]
     import cv2
 
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -98,16 +87,29 @@ def grabcut_boxes(image: np.ndarray, heat: np.ndarray, box: Box, *, margin: floa
     return out
 
 
-def refine_regions(image: np.ndarray, heat: dict[int, np.ndarray],
-                   regions: list[tuple[int, float, Box]]) -> list[tuple[int, float, Box]]:
-    """``(class, score, box)`` regions of one image with each box refined by :func:`grabcut_boxes` on ``image``
-    (H x W x C uint8, the pixels of the boxes and of the maps ``heat[class]``); a class without a map keeps its box."""
+def refine_regions(image: np.ndarray, heat: dict[int, np.ndarray], regions: list[tuple[int, float, Box]],
+                   max_side: int = MAX_SIDE) -> list[tuple[int, float, Box]]:
+    """``(class, score, box)`` regions of one image with each box refined by :func:`grabcut_boxes`; a class without
+    a map keeps its box. ``image``: H x W (x C) uint8, the pixels of the boxes; ``heat[class]``: maps on any grid
+    that covers the whole image. Both are brought to the image's size, shrunk once to at most ``max_side`` pixels a
+    side; the boxes come back in ``image``'s pixels."""
+    h, w = image.shape[:2]
+    f = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    if f < 1:
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(image.squeeze())).resize(size, Image.BILINEAR))
+    maps = {k: m if m.shape == (size[1], size[0]) else
+            np.asarray(Image.fromarray(np.asarray(m, dtype=np.float32)).resize(size, Image.BILINEAR))
+            for k, m in heat.items()}
+    sx, sy = w / size[0], h / size[1]
     out: list[tuple[int, float, Box]] = []
-    for k, score, box in group_regions(regions, {k for k, _, _ in regions if k in heat}):
-        if k not in heat:
-            out.append((k, score, box))
+    for k, score, b in group_regions(regions, set(maps)):
+        if k not in maps:
+            out.append((k, score, b))
             continue
-        out.extend((k, score, b) for b in grabcut_boxes(image, heat[k], box))
+        found = grabcut_boxes(image, maps[k], (b[0] / sx, b[1] / sy, b[2] / sx, b[3] / sy))
+        out.extend((k, score, (min(w, r[0] * sx), min(h, r[1] * sy), min(w, r[2] * sx), min(h, r[3] * sy)))
+                   for r in found)
     return out
 
 
@@ -118,21 +120,17 @@ def group_regions(regions: list[tuple[int, float, Box]], classes: set[int], marg
     and GrabCut's connected parts then tell one object from several. Other regions are returned as they are."""
     out = [r for r in regions if r[0] not in classes]
     for k in sorted(classes):
-        mine = [[s, b] for c, s, b in regions if c == k]
-        merged = True
-        while merged:
-            merged = False
-            for i in range(len(mine)):
-                for j in range(i + 1, len(mine)):
-                    if _touch(_grow(mine[i][1], margin), _grow(mine[j][1], margin)):
-                        a, b = mine[i][1], mine[j][1]
-                        mine[i] = [max(mine[i][0], mine[j][0]), (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]),
-                                                                  max(a[3], b[3]))]
-                        del mine[j]
-                        merged = True
-                        break
-                if merged:
-                    break
+        mine = [(s, b) for c, s, b in regions if c == k]
+        i = 0
+        while i < len(mine):
+            j = next((j for j in range(i + 1, len(mine))
+                      if _touch(_grow(mine[i][1], margin), _grow(mine[j][1], margin))), None)
+            if j is None:
+                i += 1
+                continue
+            (s, a), (t, b) = mine[i], mine.pop(j)
+            mine[i] = (max(s, t), (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])))
+            i = 0  # the grown union may now touch a box checked before
         out.extend((k, s, b) for s, b in mine)
     return out
 
@@ -148,14 +146,6 @@ def _touch(a: Box, b: Box) -> bool:
 
 def refine_on_image(image: Image.Image, heat: dict[int, np.ndarray],
                     regions: list[tuple[int, float, Box]]) -> list[tuple[int, float, Box]]:
-    """:func:`refine_regions` for boxes in ``image``'s own pixels and maps on any grid that covers the whole image
-    (the multi-scale path): both are brought to the image shrunk to at most MAX_SIDE pixels a side."""
-    w, h = image.size
-    f = min(1.0, MAX_SIDE / max(w, h))
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    pixels = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR) if f < 1 else image.convert("RGB"))
-    maps = {k: np.asarray(Image.fromarray(np.asarray(m, dtype=np.float32)).resize(size, Image.BILINEAR))
-            for k, m in heat.items()}
-    sx, sy = w / size[0], h / size[1]
-    small = [(k, s, (b[0] / sx, b[1] / sy, b[2] / sx, b[3] / sy)) for k, s, b in regions]
-    return [(k, s, (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)) for k, s, b in refine_regions(pixels, maps, small)]
+    """:func:`refine_regions` for a PIL image (the multi-scale path: boxes in its own pixels, maps on a grid that
+    covers it)."""
+    return refine_regions(np.asarray(image.convert("RGB")), heat, regions)
