@@ -65,6 +65,7 @@ def grabcut_boxes(image: np.ndarray, heat: np.ndarray, box: Box, *, margin: floa
     mask[max(0, by0):by1, max(0, bx0):bx1][seed] = cv2.GC_PR_FGD
     seeded = np.zeros(crop.shape[:2], dtype=bool)
     seeded[max(0, by0):by1, max(0, bx0):bx1] = seed
+    cv2.setRNGSeed(0)  # GrabCut's k-means start draws from OpenCV's global generator: the same box every time
     try:
         cv2.grabCut(crop, mask, None, np.zeros((1, 65)), np.zeros((1, 65)), iterations, cv2.GC_INIT_WITH_MASK)
     except cv2.error:
