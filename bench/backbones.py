@@ -2,6 +2,7 @@
 
     python bench/backbones.py                       # all of `gapvision summary --list`
     python bench/backbones.py --models gapcnn,cifarcnn,vgg11 --epochs 6
+    python bench/backbones.py --epochs default      # the epochs the plain defaults choose (6 on builtin:shapes)
     python bench/backbones.py --models mnasnet1_0,mobilenet_v3_small --epochs 6 --builder-bn-momentum
 
 Each row is ``gapvision.train("builtin:shapes", model=NAME, epochs=2)`` and nothing else (the plain defaults, since a
@@ -15,7 +16,6 @@ BatchNorm momenta the builders set (a from-scratch run otherwise raises them to 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +27,7 @@ DATA = "builtin:shapes"
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", help="comma-separated backbone names (default: every registered one)")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", default="2", help="epochs of each run, or 'default': what the plain defaults choose")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--builder-bn-momentum", action="store_true",
                    help="keep the builders' BatchNorm momenta (MNASNet 3e-4, MobileNetV3 1e-2) instead of >= 0.1")
@@ -42,16 +42,27 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         importlib.import_module("gapvision.train.pipeline").SCRATCH_BN_MOMENTUM = None
+    epochs = None if a.epochs == "default" else int(a.epochs)
     torch.set_num_threads(a.threads)
     names = a.models.split(",") if a.models else [n for n in list_backbones() if ":" not in n]
-    rows = []
+    rows: list[dict] = []
+    tag = ("-builder-bn" if a.builder_bn_momentum else "") + ("-default-epochs" if epochs is None else "")
+    out = REPO / "bench" / "results" / f"backbones-{time.strftime('%Y%m%d-%H%M')}{tag}.json"
+
+    def save() -> None:  # after every row, so that a long run stopped early keeps what it measured
+        from gapvision import atomic
+
+        atomic.write_json(out, {"data": DATA, "epochs": epochs or "default", "torch": torch.__version__,
+                                "rows": rows, "threads": a.threads,
+                                "bn_momentum": "builder" if a.builder_bn_momentum else "at least 0.1 from scratch"})
+
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             run = None
             for size in (64, 96, 128, 160):
                 try:
                     t0 = time.perf_counter()
-                    run = gv.train(DATA, model=name, epochs=a.epochs, img_size=size, quiet=True,
+                    run = gv.train(DATA, model=name, epochs=epochs, img_size=size, quiet=True,
                                    out=Path(tmp) / f"{name}-{size}")
                     break
                 except ConfigError as e:  # too small an input for this backbone: the next size
@@ -59,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                         raise
             if run is None:
                 rows.append({"model": name, "error": "no accepted input size up to 160 px"})
+                save()
                 continue
             wall = time.perf_counter() - t0
             accs = [round(r["val_acc"], 4) for r in run.history]
@@ -67,26 +79,23 @@ def main(argv: list[str] | None = None) -> int:
                    "train_acc": [round(r["train_acc"], 4) for r in run.history], "seconds_per_epoch": per_epoch,
                    "wall_seconds": round(wall, 1), "beats_twice_chance": accs[-1] > 0.5,
                    "lr": run.config["train"]["lr"], "batch_size": run.config["train"]["batch_size"],
+                   "epochs": run.config["train"]["epochs"],
                    "warnings": run.metrics.get("warnings", [])}
             if size != 64:
                 row["note"] = f"smallest accepted input {size} px"
             rows.append(row)
+            save()
             print(f"{name:20s} {size:4d} px  val acc {' '.join(f'{x:.3f}' for x in accs)}  train acc "
                   f"{' '.join(f'{x:.3f}' for x in row['train_acc'])}  {per_epoch:7.1f} s/epoch"
                   f"  {'ok' if row['beats_twice_chance'] else 'BELOW 2x chance'}", flush=True)
-    tag = "-builder-bn" if a.builder_bn_momentum else ""
-    out = REPO / "bench" / "results" / f"backbones-{time.strftime('%Y%m%d-%H%M')}{tag}.json"
-    out.write_text(json.dumps({"data": DATA, "epochs": a.epochs, "torch": torch.__version__, "rows": rows,
-                               "bn_momentum": "builder" if a.builder_bn_momentum else "at least 0.1 from scratch",
-                               "threads": a.threads}, indent=1))
-    print(f"\n| backbone | input | val acc after epoch {' / '.join(str(i + 1) for i in range(a.epochs))} "
-          f"| s / epoch |\n|---|---|---|---|")
+    shown = "each epoch" if epochs is None else "epoch " + " / ".join(str(i + 1) for i in range(epochs))
+    print(f"\n| backbone | input | val acc after {shown} | train acc | s / epoch |\n|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['model']} | - | {r['error']} | - |")
+            print(f"| {r['model']} | - | {r['error']} | - | - |")
         else:
             print(f"| {r['model']} | {r['img_size']} | {' / '.join(f'{x:.3f}' for x in r['val_acc'])} | "
-                  f"{r['seconds_per_epoch']} |")
+                  f"{' / '.join(f'{x:.3f}' for x in r['train_acc'])} | {r['seconds_per_epoch']} |")
     print(f"written {out}")
     return 0
 

@@ -1,5 +1,5 @@
 """Frames from video files and webcams. Animated GIF/WebP/PNG need only Pillow; other video formats and cameras
-need OpenCV (``pip install 'gapvision[video]'``, which installs opencv-python-headless)."""
+need OpenCV (opencv-python-headless, a gapvision dependency since box refinement uses it)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from ..errors import DataError, GapvisionError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".ogv"})
 ANIMATED_EXTENSIONS = frozenset({".gif", ".webp", ".png", ".apng"})
-_OPENCV_HINT = "pip install 'gapvision[video]' (opencv-python-headless)"
+_OPENCV_HINT = "pip install opencv-python-headless (a gapvision dependency)"
 
 
 def is_video(path: str | Path) -> bool:
