@@ -20,7 +20,7 @@ from gapvision.train.lr_find import sweep, valley
 from gapvision.train.optim import lr_factor
 from gapvision.train.pipeline import make_batches, prepare_data, resume, split_options, train
 from gapvision.train.recipes import TRANSFER, apply_recipe, choose_recipe
-from gapvision.train.trainer import Trainer
+from gapvision.train.trainer import Trainer, stuck_at_chance
 
 TINY = "builtin:shapes?n=64&size=16"
 QUICK = dict(img_size=16, workers=0, quiet=True, in_memory="on")
@@ -258,6 +258,24 @@ def test_a_run_that_does_not_learn_says_so_and_one_that_learns_does_not(tmp_path
     assert stuck.metrics["status"] == "finished" and len(stuck.history) == 3  # training went on
     learns = train((x, y), lr=0.05, out=tmp_path / "ok", quiet=True, **common)
     assert learns.metrics["warnings"] == [] and learns.metrics["best_val_acc"] > 0.9
+
+
+def test_stuck_at_chance_reads_the_loss_against_guessing_the_class_shares():
+    targets = np.arange(400) % 4  # balanced: guessing the shares costs ln 4 = 1.386
+    def history(losses, accs):
+        return [{"train_loss": l, "val_acc": a} for l, a in zip(losses, accs)]
+    # a first epoch whose loss rose above ln 4 and then came back to it: a move down of 13 %, but nothing learnt
+    spiked = stuck_at_chance(history([1.60, 1.42, 1.39], [0.26, 0.25, 0.27]), targets)
+    assert spiked and "guessing the class shares (1.386)" in spiked and "after 3 epochs" in spiked
+    flat = stuck_at_chance(history([1.39, 1.388, 1.387], [0.25, 0.25, 0.25]), targets)
+    assert flat and "barely moved (1.390 -> 1.387)" in flat
+    assert stuck_at_chance(history([1.39, 1.1, 0.9], [0.25, 0.26, 0.27]), targets) is None  # training loss falls
+    assert stuck_at_chance(history([1.39, 1.388, 1.387], [0.25, 0.25, 0.40]), targets) is None  # validation moved
+    assert stuck_at_chance(history([1.39, 1.388], [0.25, 0.25]), targets) is None  # too early to say
+    # unbalanced: the majority share (0.9) and its entropy (0.325 nats) are the reference
+    skewed = np.array([0] * 90 + [1] * 10)
+    assert stuck_at_chance(history([0.5, 0.34, 0.33], [0.9, 0.9, 0.9]), skewed)
+    assert stuck_at_chance(history([0.5, 0.2, 0.1], [0.9, 0.9, 0.9]), skewed) is None
 
 
 def test_reading_the_models_input_defaults_leaves_the_random_state_alone():

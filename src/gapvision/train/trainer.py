@@ -31,10 +31,37 @@ from .optim import FULL_PHASE, HEAD_PHASE, build_optimizer, lr_factor, phase_of,
 NOT_LEARNING_EPOCHS = 3  # epochs in a row at the majority share before a run is said not to learn
 NOT_LEARNING_MARGIN = 0.05  # "at the majority share": validation accuracy within this of it
 NOT_LEARNING_LOSS = 0.9  # ... while the training loss stays above this fraction of the first epoch's
+NOT_LEARNING_PRIOR = 0.95  # ... or above this fraction of the loss of predicting the class shares
 #: the per-epoch validation's test-time augmentation for a run's --tta (missing: the run's own): multi-crop TTA costs
 #: 6 forward passes against flip's 2, so the epochs are validated with flip (for the curve, best epoch and early
 #: stopping) and the final evaluation (metrics.json, pipeline.finish) with the crops
 EPOCH_TTA = {"crops": "flip"}
+
+
+def stuck_at_chance(history: list[dict], targets: np.ndarray) -> str | None:
+    """Why the run is not learning, or None: validation accuracy at the majority class's share (within
+    NOT_LEARNING_MARGIN, or two binomial standard errors on a small set) for the last NOT_LEARNING_EPOCHS epochs,
+    while the training loss barely moved (above NOT_LEARNING_LOSS of the first epoch's) or is still at least the loss
+    of predicting the class shares (their entropy: a first epoch whose loss rose above that start looks like a
+    move down afterwards, yet nothing was learnt). ``targets``: the validation labels."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(history) < NOT_LEARNING_EPOCHS or not len(targets):
+        return None
+    shares = np.bincount(targets) / len(targets)
+    majority, prior_loss = float(shares.max()), float(-(shares[shares > 0] * np.log(shares[shares > 0])).sum())
+    recent = history[-NOT_LEARNING_EPOCHS:]
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    margin = max(NOT_LEARNING_MARGIN, 1 / math.sqrt(len(targets)))
+    if not all(abs(r["val_acc"] - majority) <= margin for r in recent):
+        return None
+    if last > NOT_LEARNING_LOSS * first:
+        loss = f"the training loss barely moved ({first:.3f} -> {last:.3f})"
+    elif last >= NOT_LEARNING_PRIOR * prior_loss:
+        loss = f"the training loss ({last:.3f}) is still that of guessing the class shares ({prior_loss:.3f})"
+    else:
+        return None
+    return (f"validation accuracy {recent[-1]['val_acc']:.3f} after {len(history)} epochs is the majority class's "
+            f"share ({majority:.3f}) and {loss}")
 
 
 class TrainingDiverged(GapvisionError):
@@ -242,19 +269,14 @@ class Trainer:
         return st
 
     def check_learning(self, ev: EvalResult) -> None:
-        """Warn once (a line, and ``state.warnings``) when validation accuracy has stayed at the majority class's share
-        for NOT_LEARNING_EPOCHS epochs while the training loss barely moved; training goes on."""
+        """Warn once (a line, and ``state.warnings``) when :func:`stuck_at_chance` says the run is not learning;
+        training goes on."""
         st = self.state
-        if len(st.history) < NOT_LEARNING_EPOCHS or not len(ev.targets) or any("not learning" in w for w in st.warnings):
+        if any("not learning" in w for w in st.warnings):
             return
-        majority = float(np.bincount(ev.targets).max()) / len(ev.targets)
-        recent = st.history[-NOT_LEARNING_EPOCHS:]
-        first, last = st.history[0]["train_loss"], st.history[-1]["train_loss"]
-        margin = max(NOT_LEARNING_MARGIN, 1 / math.sqrt(len(ev.targets)))  # small sets: two binomial std errors
-        if all(abs(r["val_acc"] - majority) <= margin for r in recent) and last > NOT_LEARNING_LOSS * first:
-            message = (f"not learning: validation accuracy {recent[-1]['val_acc']:.3f} after {len(st.history)} epochs is the "
-                       f"majority class's share ({majority:.3f}) and the training loss barely moved ({first:.3f} -> "
-                       f"{last:.3f}); try {'; '.join(self.learning_hints())}")
+        found = stuck_at_chance(st.history, ev.targets)
+        if found:
+            message = f"not learning: {found}; try {'; '.join(self.learning_hints())}"
             st.warnings.append(message)
             self.log(f"warning: {message}")
 
