@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import gapvision as gv
+    from gapvision import atomic
     from gapvision.errors import ConfigError
     from gapvision.models import list_backbones
 
@@ -50,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     out = REPO / "bench" / "results" / f"backbones-{time.strftime('%Y%m%d-%H%M')}{tag}.json"
 
     def save() -> None:  # after every row, so that a long run stopped early keeps what it measured
-        from gapvision import atomic
-
         atomic.write_json(out, {"data": DATA, "epochs": epochs or "default", "torch": torch.__version__,
                                 "rows": rows, "threads": a.threads,
                                 "bn_momentum": "builder" if a.builder_bn_momentum else "at least 0.1 from scratch"})

@@ -48,7 +48,8 @@ def stuck_at_chance(history: list[dict], targets: np.ndarray) -> str | None:
     if len(history) < NOT_LEARNING_EPOCHS or not len(targets):
         return None
     shares = np.bincount(targets) / len(targets)
-    majority, prior_loss = float(shares.max()), float(-(shares[shares > 0] * np.log(shares[shares > 0])).sum())
+    seen = shares[shares > 0]
+    majority, prior_loss = float(shares.max()), float(-(seen * np.log(seen)).sum())
     recent = history[-NOT_LEARNING_EPOCHS:]
     first, last = history[0]["train_loss"], history[-1]["train_loss"]
     margin = max(NOT_LEARNING_MARGIN, 1 / math.sqrt(len(targets)))
