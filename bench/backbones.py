@@ -4,10 +4,12 @@
     python bench/backbones.py --models gapcnn,cifarcnn,vgg11 --epochs 6
     python bench/backbones.py --epochs default      # the epochs the plain defaults choose (6 on builtin:shapes)
     python bench/backbones.py --models mnasnet1_0,mobilenet_v3_small --epochs 6 --builder-bn-momentum
+    python bench/backbones.py --inits auto          # only the default start (not beside --init default)
 
 Each row is ``gapvision.train("builtin:shapes", model=NAME, epochs=2)`` and nothing else (the plain defaults, since a
-model is named; random initialisation, nothing downloaded): validation accuracy after each epoch and seconds per
-epoch. Chance is 0.25 (4 balanced classes); the target is to beat twice chance. A backbone whose smallest input is
+model is named; random initialisation, nothing downloaded), run once with each of ``--inits`` one after the other
+(by default ``auto``, the default start: the first convolution whitened, see models/whitening.py, beside
+``default``, the builders' initialisation): validation accuracy after each epoch and seconds per epoch. Chance is 0.25 (4 balanced classes); the target is to beat twice chance. A backbone whose smallest input is
 larger than 64 px (inception_v3) runs at its smallest accepted size, and the row says so. Results go to
 bench/results/backbones-*.json; the README's table is printed at the end. ``--builder-bn-momentum`` keeps the
 BatchNorm momenta the builders set (a from-scratch run otherwise raises them to at least 0.1:
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", help="comma-separated backbone names (default: every registered one)")
     p.add_argument("--epochs", default="2", help="epochs of each run, or 'default': what the plain defaults choose")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--inits", default="auto,default", help="comma-separated --init values, each model run with each")
     p.add_argument("--builder-bn-momentum", action="store_true",
                    help="keep the builders' BatchNorm momenta (MNASNet 3e-4, MobileNetV3 1e-2) instead of >= 0.1")
     a = p.parse_args(argv)
@@ -46,57 +49,72 @@ def main(argv: list[str] | None = None) -> int:
     epochs = None if a.epochs == "default" else int(a.epochs)
     torch.set_num_threads(a.threads)
     names = a.models.split(",") if a.models else [n for n in list_backbones() if ":" not in n]
+    inits = a.inits.split(",")
     rows: list[dict] = []
     tag = ("-builder-bn" if a.builder_bn_momentum else "") + ("-default-epochs" if epochs is None else "")
     out = REPO / "bench" / "results" / f"backbones-{time.strftime('%Y%m%d-%H%M')}{tag}.json"
 
     def save() -> None:  # after every row, so that a long run stopped early keeps what it measured
         atomic.write_json(out, {"data": DATA, "epochs": epochs or "default", "torch": torch.__version__,
-                                "rows": rows, "threads": a.threads,
+                                "rows": rows, "threads": a.threads, "inits": inits,
                                 "bn_momentum": "builder" if a.builder_bn_momentum else "at least 0.1 from scratch"})
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            run = None
-            for size in (64, 96, 128, 160):
-                try:
-                    t0 = time.perf_counter()
-                    run = gv.train(DATA, model=name, epochs=epochs, img_size=size, quiet=True,
-                                   out=Path(tmp) / f"{name}-{size}")
-                    break
-                except ConfigError as e:  # too small an input for this backbone: the next size
-                    if "too small" not in str(e):
-                        raise
-            if run is None:
-                rows.append({"model": name, "error": "no accepted input size up to 160 px"})
+            for init in inits:
+                rows.append(train_one(gv, ConfigError, name, init, epochs, Path(tmp)))
                 save()
-                continue
-            wall = time.perf_counter() - t0
-            accs = [round(r["val_acc"], 4) for r in run.history]
-            per_epoch = round(sum(r["seconds"] for r in run.history) / len(run.history), 1)
-            row = {"model": name, "img_size": size, "val_acc": accs,
-                   "train_acc": [round(r["train_acc"], 4) for r in run.history], "seconds_per_epoch": per_epoch,
-                   "wall_seconds": round(wall, 1), "beats_twice_chance": accs[-1] > 0.5,
-                   "lr": run.config["train"]["lr"], "batch_size": run.config["train"]["batch_size"],
-                   "epochs": run.config["train"]["epochs"],
-                   "warnings": run.metrics.get("warnings", [])}
-            if size != 64:
-                row["note"] = f"smallest accepted input {size} px"
-            rows.append(row)
-            save()
-            print(f"{name:20s} {size:4d} px  val acc {' '.join(f'{x:.3f}' for x in accs)}  train acc "
-                  f"{' '.join(f'{x:.3f}' for x in row['train_acc'])}  {per_epoch:7.1f} s/epoch"
-                  f"  {'ok' if row['beats_twice_chance'] else 'BELOW 2x chance'}", flush=True)
+                r = rows[-1]
+                if "error" not in r:
+                    print(f"{name:20s} {init:8s} {r['img_size']:4d} px  val acc {' '.join(f'{x:.3f}' for x in r['val_acc'])}"
+                          f"  train acc {' '.join(f'{x:.3f}' for x in r['train_acc'])}  {r['seconds_per_epoch']:7.1f} "
+                          f"s/epoch  {'ok' if r['beats_twice_chance'] else 'BELOW 2x chance'}", flush=True)
     shown = "each epoch" if epochs is None else "epoch " + " / ".join(str(i + 1) for i in range(epochs))
-    print(f"\n| backbone | input | val acc after {shown} | train acc | s / epoch |\n|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['model']} | - | {r['error']} | - | - |")
-        else:
-            print(f"| {r['model']} | {r['img_size']} | {' / '.join(f'{x:.3f}' for x in r['val_acc'])} | "
-                  f"{' / '.join(f'{x:.3f}' for x in r['train_acc'])} | {r['seconds_per_epoch']} |")
+    print(f"\n| backbone | input | {' | '.join(f'val acc after {shown}, --init {i}' for i in inits)} | "
+          f"{' | '.join(f'train acc, --init {i}' for i in inits)} | s / epoch |\n|---|---|"
+          + "---|" * (2 * len(inits) + 1))
+    for name in names:
+        mine = {r["init"]: r for r in rows if r["model"] == name}
+        ok = [r for r in mine.values() if "error" not in r]
+        if not ok:
+            print(f"| {name} | - | {next(iter(mine.values()))['error']} |")
+            continue
+
+        def cell(init: str, key: str) -> str:
+            r = mine[init]
+            text = " / ".join(f"{x:.3f}" for x in r[key]) if "error" not in r else r["error"]
+            return f"**{text}**" if key == "val_acc" and r.get("beats_twice_chance") else text
+
+        print(f"| {name} | {ok[0]['img_size']} | {' | '.join(cell(i, 'val_acc') for i in inits)} | "
+              f"{' | '.join(cell(i, 'train_acc') for i in inits)} | {ok[0]['seconds_per_epoch']} |")
     print(f"written {out}")
     return 0
+
+
+def train_one(gv, config_error: type, name: str, init: str, epochs: int | None, tmp: Path) -> dict:
+    """One default run of ``name`` with ``--init init``: its row (at the smallest accepted size from 64 px)."""
+    for size in (64, 96, 128, 160):
+        try:
+            t0 = time.perf_counter()
+            run = gv.train(DATA, model=name, epochs=epochs, img_size=size, init=init, quiet=True,
+                           out=tmp / f"{name}-{init}-{size}")
+            break
+        except config_error as e:  # too small an input for this backbone: the next size
+            if "too small" not in str(e):
+                raise
+    else:
+        return {"model": name, "init": init, "error": "no accepted input size up to 160 px"}
+    wall = time.perf_counter() - t0
+    accs = [round(r["val_acc"], 4) for r in run.history]
+    row = {"model": name, "init": init, "started_as": run.config["model_options"]["init"], "img_size": size,
+           "val_acc": accs, "train_acc": [round(r["train_acc"], 4) for r in run.history],
+           "seconds_per_epoch": round(sum(r["seconds"] for r in run.history) / len(run.history), 1),
+           "wall_seconds": round(wall, 1), "beats_twice_chance": accs[-1] > 0.5,
+           "lr": run.config["train"]["lr"], "batch_size": run.config["train"]["batch_size"],
+           "epochs": run.config["train"]["epochs"], "warnings": run.metrics.get("warnings", [])}
+    if size != 64:
+        row["note"] = f"smallest accepted input {size} px"
+    return row
 
 
 if __name__ == "__main__":

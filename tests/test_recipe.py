@@ -87,7 +87,7 @@ def test_train_records_the_resolved_recipe_in_config(tmp_path):
     assert cfg["recipe"]["name"] == "none" and cfg["recipe"]["from_recipe"] == [] and cfg["train"]["recipe"] == "none"
     bf16 = ["amp"] if recipes.native_bf16("cpu") else []  # bf16 autocast where the CPU runs it natively
     assert cfg["recipe"]["from_defaults"] == sorted(["batch_size", "channels_last", *bf16])  # a small set: its batch
-    assert cfg["model_options"]["init"] == "data"  # gapcnn has no BatchNorm: a data-dependent start
+    assert cfg["model_options"]["init"] == "whiten+data"  # gapcnn has no BatchNorm: whitened, then data-dependent
     assert cfg["model"]["model"] == "gapcnn" and cfg["train"]["ema"] == 0.0 and cfg["train"]["tta"] == "off"
 
 

@@ -187,12 +187,14 @@ def test_data_dependent_init_standardises_each_conv_by_its_relu_output_in_order(
 
 def test_nets_without_batchnorm_start_from_the_data_and_others_as_built(tmp_path):
     def start(model, **kw):
-        run = train(TINY, model=model, out=tmp_path / f"{model}-{len(kw)}", epochs=1, seed=3, **QUICK, **kw)
+        out = tmp_path / f"{model}-{kw.get('init', 'auto')}"
+        run = train(TINY, model=model, out=out, epochs=1, seed=3, **QUICK, **kw)
         return run.config["model_options"]["init"]
 
-    assert start("gapcnn") == "data"  # no normalisation layers: data-dependent
+    assert start("gapcnn") == "whiten+data"  # no normalisation layers: whitened first conv, then data-dependent
     assert start("gapcnn", init="default") == "default"
-    assert start("fastnet_s") == "default"  # BatchNorm: as built
+    assert start("gapcnn", init="whiten") == "whiten"
+    assert start("fastnet_s") == "whiten"  # BatchNorm: only the first conv set from the data
     assert start("fastnet_s", init="data") == "data"
     # the same seed gives the same data-dependent start (the batch it measures is seeded, the RNG left alone)
     from gapvision.train.pipeline import prepare_run

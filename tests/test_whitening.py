@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from gapvision.models import create_model
 from gapvision.models.backbones import create_backbone
-from gapvision.models.whitening import PatchWhitening, init_whitening
+from gapvision.models.whitening import PatchWhitening, init_whitening, whiten_first_conv, whitened_patch_filters
 from gapvision.predictor import tta_logits
 from gapvision.train.pipeline import train
 from gapvision.train.recipes import FAST90, choose_recipe, recipe_values
@@ -34,6 +34,36 @@ def test_whitening_decorrelates_the_patches_of_its_data():
     assert torch.equal(layer(x)[:, 12:], -layer(x)[:, :12])  # each filter once with each sign (bias 0)
     raw = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
     assert (raw.T @ raw / len(raw) - torch.eye(12)).abs().max() > 0.3  # the input was far from white
+
+
+def test_whiten_first_conv_sets_the_first_conv_reached_to_whitened_components_and_leaves_the_rest():
+    torch.manual_seed(0)
+    later = torch.nn.Conv2d(8, 4, 3)
+    first = torch.nn.Conv2d(3, 8, 2, stride=2, padding=1)  # d = 12 inputs, 8 filters: m = 4 components, both signs
+    net = torch.nn.Sequential()
+    net.add_module("b", torch.nn.Sequential(torch.nn.BatchNorm2d(8), torch.nn.ReLU(), later))
+    net = torch.nn.Sequential(first, net.b)  # `later` was created first: the forward order is what counts
+    before_later, before_bias = later.weight.clone(), first.bias.clone()
+    x = _correlated()
+    net.train()
+    assert whiten_first_conv(net, x, eps=0.0) and net.training  # mode restored
+    assert torch.equal(later.weight, before_later) and torch.equal(first.bias, before_bias)
+    assert first.weight.requires_grad  # trained afterwards, not frozen
+    w = first.weight.flatten(1)
+    assert torch.equal(w[4:], -w[:4])
+    cols = F.unfold(x, 2, stride=2)  # the patches the conv sees at its stride (no padding)
+    flat = cols.transpose(1, 2).reshape(-1, 12)
+    z = flat @ w[:4].T
+    assert torch.allclose(z.T @ z / len(z), torch.eye(4), atol=1e-3)  # decorrelated, unit variance on the data
+    assert torch.allclose(w[:4], whitened_patch_filters(x, (2, 2), (2, 2), eps=0.0)[:4])
+
+
+def test_whiten_first_conv_leaves_a_grouped_or_missing_first_conv_alone():
+    grouped = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, groups=2), torch.nn.Conv2d(8, 4, 1))
+    before = [p.clone() for p in grouped.parameters()]
+    assert not whiten_first_conv(grouped, torch.randn(4, 4, 8, 8))
+    assert all(torch.equal(a, b) for a, b in zip(before, grouped.parameters()))
+    assert not whiten_first_conv(torch.nn.Sequential(torch.nn.Flatten()), torch.randn(2, 3, 4, 4))
 
 
 def test_whitening_weight_is_a_frozen_buffer_saved_with_the_model():
@@ -108,7 +138,7 @@ def test_fast90_recipe_is_selectable_and_resolves_like_fast():
 def test_training_fastnet_w_sets_its_whitening_from_the_train_split(tmp_path):
     run = train("builtin:shapes?n=64&size=16", recipe="fast90", epochs=1, workers=0, quiet=True, out=tmp_path / "r")
     config = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert config["model_options"]["init"] == "whitening" and config["train"]["tta"] == "crops"
+    assert config["model_options"]["init"] == "whiten" and config["train"]["tta"] == "crops"
     w = run.model.backbone.stem[0].weight
     d = w.shape[0] // 2
     assert not torch.equal(w[:d].flatten(1), torch.eye(d))  # no longer the identity basis it is built with

@@ -197,32 +197,35 @@ INIT_IMAGES = 64  # the batch of training images that the data-dependent initial
 
 
 def initialise(net: Classifier, mopts: ModelOptions, splits: DataSplits, pre: Preprocess, seed: int = 0) -> str:
-    """Apply ``--init`` to a network trained from scratch and return what was done (recorded in config.json):
-    ``data`` (:func:`~gapvision.models.data_init.data_dependent_init` of the backbone on INIT_IMAGES training images,
-    for ``--init auto`` when the backbone built -- the recipe's, if it chose one -- has no normalisation layers),
-    ``whitening`` (only the backbone's frozen
-    patch-whitening layer set from those images: models/whitening.py; it always is, from scratch) or ``default``
-    (the builder's weights; always with pretrained ``--weights``)."""
+    """Apply ``--init`` to a network trained from scratch and return what was done (recorded in config.json), from
+    INIT_IMAGES training images: ``whiten`` (the first convolution set to whitened patch components:
+    models/whitening.py's :func:`~gapvision.models.whitening.whiten_first_conv`, or a frozen patch-whitening layer
+    set, which always is), ``data`` (:func:`~gapvision.models.data_init.data_dependent_init` of the backbone),
+    ``whiten+data`` (both: ``--init auto`` for a backbone without normalisation layers; ``auto`` whitens every
+    other one) or ``default`` (the builder's weights; always with pretrained ``--weights``)."""
     from ..models.whitening import PatchWhitening
 
     if mopts.weights:
         return "default"
-    whiten = any(isinstance(m, PatchWhitening) for m in net.backbone.modules())
+    frozen = any(isinstance(m, PatchWhitening) for m in net.backbone.modules())
+    whiten = frozen or mopts.init in ("auto", "whiten")
     data_init = mopts.init == "data" or (mopts.init == "auto" and not has_normalization(net.backbone))
     if not (whiten or data_init):
         return "default"
     pick = np.sort(np.random.default_rng(seed).permutation(len(splits.train))[:INIT_IMAGES])
     x, _ = next(iter(make_batches(splits.train.subset(pick), pre, len(pick), workers=0).epoch(0)))
+    done = []
     if whiten:
-        from ..models.whitening import init_whitening
+        from ..models.whitening import init_whitening, whiten_first_conv
 
-        init_whitening(net.backbone, x)
-    if not data_init:
-        return "whitening"
-    from ..models.data_init import data_dependent_init
+        if init_whitening(net.backbone, x) if frozen else whiten_first_conv(net.backbone, x):
+            done.append("whiten")
+    if data_init:
+        from ..models.data_init import data_dependent_init
 
-    data_dependent_init(net.backbone, x)
-    return "data"
+        data_dependent_init(net.backbone, x)
+        done.append("data")
+    return "+".join(done) or "default"
 
 
 def has_normalization(module: nn.Module) -> bool:
