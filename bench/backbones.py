@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", default="2", help="epochs of each run, or 'default': what the plain defaults choose")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--inits", default="auto,default", help="comma-separated --init values, each model run with each")
+    p.add_argument("--lr", type=float, help="a learning rate for every run (default: the plain defaults' choice)")
     p.add_argument("--builder-bn-momentum", action="store_true",
                    help="keep the builders' BatchNorm momenta (MNASNet 3e-4, MobileNetV3 1e-2) instead of >= 0.1")
     a = p.parse_args(argv)
@@ -51,22 +52,24 @@ def main(argv: list[str] | None = None) -> int:
     names = a.models.split(",") if a.models else [n for n in list_backbones() if ":" not in n]
     inits = a.inits.split(",")
     rows: list[dict] = []
-    tag = ("-builder-bn" if a.builder_bn_momentum else "") + ("-default-epochs" if epochs is None else "")
+    tag = (("-builder-bn" if a.builder_bn_momentum else "") + ("-default-epochs" if epochs is None else "")
+           + (f"-lr{a.lr:g}" if a.lr is not None else ""))
     out = REPO / "bench" / "results" / f"backbones-{time.strftime('%Y%m%d-%H%M')}{tag}.json"
 
     def save() -> None:  # after every row, so that a long run stopped early keeps what it measured
         atomic.write_json(out, {"data": DATA, "epochs": epochs or "default", "torch": torch.__version__,
-                                "rows": rows, "threads": a.threads, "inits": inits,
+                                "rows": rows, "threads": a.threads, "inits": inits, "lr": a.lr or "default",
                                 "bn_momentum": "builder" if a.builder_bn_momentum else "at least 0.1 from scratch"})
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             for init in inits:
-                rows.append(train_one(gv, ConfigError, name, init, epochs, Path(tmp)))
+                rows.append(train_one(gv, ConfigError, name, init, epochs, Path(tmp), a.lr))
                 save()
                 r = rows[-1]
                 if "error" not in r:
-                    print(f"{name:20s} {init:8s} {r['img_size']:4d} px  val acc {' '.join(f'{x:.3f}' for x in r['val_acc'])}"
+                    accs = " ".join(f"{x:.3f}" for x in r["val_acc"])
+                    print(f"{name:20s} {init:8s} {r['img_size']:4d} px  val acc {accs}"
                           f"  train acc {' '.join(f'{x:.3f}' for x in r['train_acc'])}  {r['seconds_per_epoch']:7.1f} "
                           f"s/epoch  {'ok' if r['beats_twice_chance'] else 'BELOW 2x chance'}", flush=True)
     shown = "each epoch" if epochs is None else "epoch " + " / ".join(str(i + 1) for i in range(epochs))
@@ -91,13 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_one(gv, config_error: type, name: str, init: str, epochs: int | None, tmp: Path) -> dict:
-    """One default run of ``name`` with ``--init init``: its row (at the smallest accepted size from 64 px)."""
+def train_one(gv, config_error: type, name: str, init: str, epochs: int | None, tmp: Path,
+              lr: float | None = None) -> dict:
+    """One default run of ``name`` with ``--init init`` (and ``--lr lr`` if given): its row (at the smallest
+    accepted size from 64 px)."""
+    extra = {"lr": lr} if lr is not None else {}
     for size in (64, 96, 128, 160):
         try:
             t0 = time.perf_counter()
             run = gv.train(DATA, model=name, epochs=epochs, img_size=size, init=init, quiet=True,
-                           out=tmp / f"{name}-{init}-{size}")
+                           out=tmp / f"{name}-{init}-{size}", **extra)
             break
         except config_error as e:  # too small an input for this backbone: the next size
             if "too small" not in str(e):

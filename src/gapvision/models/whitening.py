@@ -11,7 +11,7 @@ half. Only the bias is trained. ``width`` keeps the output width of an RGB layer
 :func:`whiten_first_conv` gives any network trained from scratch the same start without freezing it: its first
 convolution's filters set to the leading whitened patch components, each with both signs, and then trained. On
 builtin:shapes (random colours and sizes; 1,600 training images, 2 epochs of 100 steps at 64 px) that takes
-ResNet-18 from 0.32 to 1.00 validation accuracy and GoogLeNet from 0.36 to 0.99 (``python bench/backbones.py``,
+ResNet-18 from 0.320 to 1.000 validation accuracy and GoogLeNet from 0.355 to 0.998 (``python bench/backbones.py``,
 ``--init default`` beside the default start): with Kaiming-normal filters their 7x7 stems spend the first few hundred
 steps at chance before edge detectors that ignore the colour emerge.
 """

@@ -27,7 +27,7 @@ FAST: dict[str, Any] = {
     "head": "gap",
     # the builder's start: the whitened first conv of --init auto is ahead after epochs 1-3 but not at the end on
     # CIFAR-10 (0.8562 against 0.8605 after 10 epochs: bench/cifar_time_to_acc.py with --set init=whiten, one seed;
-    # bench/results/cifar_time_to_acc-20261204-1935-init-*.json)
+    # bench/results/cifar_time_to_acc-20261204-1848-init-*.json)
     "init": "default",
     # data: decoded once into memory, augmented per batch (alternating flip + translate by img_size/16 px)
     "in_memory": "auto",
@@ -95,6 +95,12 @@ MIN_STEPS = 300  # small data sets: enough epochs for at least this many optimis
 PLAIN_STEPS_PER_EPOCH = 100
 PLAIN_STEPS = 600
 PLAIN_MAX_EPOCHS = 40
+#: a network without normalisation layers and more convolutions than this trains at PLAIN_DEEP_NO_NORM_LR:
+#: builtin:shapes, 2 epochs, whitened + data-dependent start, validation accuracy VGG-19 0.25 at the usual 1e-3 and
+#: 0.65 at 3e-4, VGG-16 0.78 and 0.82 (bench/backbones.py beside --lr 3e-4: bench/results/backbones-20261204-1858.json,
+#: -1927-lr0.0003.json); gapcnn (6 convs) 0.93 at 1e-3 but 0.70 at 3e-4
+PLAIN_DEEP_NO_NORM_CONVS = 10
+PLAIN_DEEP_NO_NORM_LR = 3e-4
 
 def choose_recipe(options: dict[str, Any], img_size: int) -> str:
     """The recipe that applies to ``options`` (the user's, None for unset) at ``img_size``: transfer, fast or none.
@@ -134,17 +140,19 @@ def recipe_values(name: str, n_train: int, device: str = "auto", batch_size: int
     return values
 
 
-def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int,
-                 base: dict[str, Any] | None = None, bf16: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int, base: dict[str, Any] | None = None,
+                 bf16: bool = False, deep_no_norm: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """``options`` (the user's; None = unset) completed by the recipe that applies, and a note for config.json:
     ``{"name": ..., "from_recipe": [option names filled by the recipe]}``; without a recipe the plain defaults that
     depend on the data (:func:`plain_values`, listed as ``from_defaults``). ``base``: TrainConfig's defaults
-    (batch_size, epochs); ``bf16``: whether bf16 autocast is fast for this network here (plain defaults only)."""
+    (batch_size, epochs); ``bf16``: whether bf16 autocast is fast for this network here, ``deep_no_norm``: whether
+    it is deep and has no normalisation layers (plain defaults only)."""
     name = choose_recipe(options, img_size)
     given = {k: v for k, v in options.items() if v is not None}
     if name == "none":
         base = base or {}
-        defaults = plain_values(n_train, base.get("batch_size", 64), base.get("epochs", 10), given, bf16)
+        defaults = plain_values(n_train, base.get("batch_size", 64), base.get("epochs", 10), given, bf16,
+                                deep_no_norm)
         return {**defaults, **given, "recipe": "none"}, {"name": "none", "from_recipe": [],
                                                          "from_defaults": sorted(defaults)}
     values = recipe_values(name, n_train, str(given.get("device", "auto")), given.get("batch_size"))
@@ -153,7 +161,7 @@ def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int,
 
 
 def plain_values(n_train: int, base_batch: int = 64, base_epochs: int = 10, given: dict[str, Any] | None = None,
-                 bf16: bool = False) -> dict[str, Any]:
+                 bf16: bool = False, deep_no_norm: bool = False) -> dict[str, Any]:
     """The plain defaults that follow from the data and the network (TrainConfig's own, ``base_batch`` and
     ``base_epochs``, are for mid-sized data):
 
@@ -162,8 +170,11 @@ def plain_values(n_train: int, base_batch: int = 64, base_epochs: int = 10, give
     * channels-last memory, and bf16 autocast where it is fast (``bf16``: the hardware runs bf16 natively and the
       network has no grouped convolutions, which oneDNN runs slower in bf16: bench/precision_speed.py).
 
-    (A network without BatchNorm trains with the same optimiser once its start is data-dependent:
-    models/data_init.py.) Only what the user did not set (``given``) is returned."""
+    * a deep network without normalisation layers (``deep_no_norm``: more than PLAIN_DEEP_NO_NORM_CONVS
+      convolutions, VGG-16/19) the lower PLAIN_DEEP_NO_NORM_LR; a shallower one trains with the same optimiser as
+      the others once its start is data-dependent (models/data_init.py).
+
+    Only what the user did not set (``given``) is returned."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
     values: dict[str, Any] = {"channels_last": "on"}
     bs = int(min(base_batch, max(16, 2 ** round(math.log2(max(1, n_train) / PLAIN_STEPS_PER_EPOCH)))))
@@ -172,6 +183,8 @@ def plain_values(n_train: int, base_batch: int = 64, base_epochs: int = 10, give
         values["epochs"] = min(PLAIN_MAX_EPOCHS, math.ceil(PLAIN_STEPS / max(1, math.ceil(n_train / bs))))
     if bf16:
         values["amp"] = "on"
+    if deep_no_norm:
+        values["lr"] = PLAIN_DEEP_NO_NORM_LR
     return {k: v for k, v in values.items() if k not in given}
 
 
