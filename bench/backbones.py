@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     tag = (("-builder-bn" if a.builder_bn_momentum else "") + ("-default-epochs" if epochs is None else "")
            + (f"-lr{a.lr:g}" if a.lr is not None else ""))
-    out = REPO / "bench" / "results" / f"backbones-{time.strftime('%Y%m%d-%H%M')}{tag}.json"
+    out = REPO / "bench" / "results" / f"backbones-{time.strftime('%Y%m%d-%H%M%S')}{tag}.json"
 
     def save() -> None:  # after every row, so that a long run stopped early keeps what it measured
         atomic.write_json(out, {"data": DATA, "epochs": epochs or "default", "torch": torch.__version__,

@@ -54,7 +54,8 @@ def test_plain_defaults_give_small_sets_enough_steps_and_bf16_where_it_is_fast()
     assert recipes.plain_values(1600, 64, 10, bf16=True)["amp"] == "on"
     assert "lr" not in shapes  # TrainConfig's lr ...
     deep = recipes.plain_values(1600, 64, 10, deep_no_norm=True)
-    assert deep["lr"] == recipes.PLAIN_DEEP_NO_NORM_LR  # ... not VGG-16's
+    assert deep["lr"] == recipes.PLAIN_DEEP_NO_NORM_LR  # ... not VGG-16's, nor a MobileNet's
+    assert recipes.plain_values(1600, 64, 10, grouped_norm=True)["lr"] == recipes.PLAIN_GROUPED_LR
     assert "lr" not in recipes.plain_values(1600, 64, 10, {"lr": 1e-3}, deep_no_norm=True)  # the user's lr stays
     assert recipes.plain_values(1600, 64, 10, {"amp": "off", "epochs": 2}, bf16=True) == {"batch_size": 16,
                                                                                            "channels_last": "on"}

@@ -280,12 +280,15 @@ def test_stuck_at_chance_reads_the_loss_against_guessing_the_class_shares():
     assert stuck_at_chance(history([0.5, 0.2, 0.1], [0.9, 0.9, 0.9]), skewed) is None
 
 
-def test_only_deep_networks_without_normalisation_get_the_lower_plain_lr():
+def test_deep_networks_without_normalisation_and_grouped_ones_get_their_plain_lr():
     from gapvision.train.pipeline import input_defaults
 
-    names = ("vgg16", "vgg19", "vgg16_bn", "vgg11", "gapcnn")
-    deep = {m: input_defaults({"model": m})[2]["deep_no_norm"] for m in names}
-    assert deep == {"vgg16": True, "vgg19": True, "vgg16_bn": False, "vgg11": False, "gapcnn": False}
+    names = ("vgg16", "vgg19", "vgg16_bn", "vgg11", "gapcnn", "mobilenet_v2", "squeezenet1_1", "resnet18")
+    traits = {m: input_defaults({"model": m})[2] for m in names}
+    assert [m for m in names if traits[m]["deep_no_norm"]] == ["vgg16", "vgg19"]
+    assert [m for m in names if traits[m]["grouped_norm"]] == ["mobilenet_v2"]
+    tuned = input_defaults({"model": "mobilenet_v2", "weights": "w.pth", "recipe": "none"})[2]
+    assert not tuned["grouped_norm"]  # measured from scratch: fine-tuning keeps TrainConfig's lr
 
 
 def test_reading_the_models_input_defaults_leaves_the_random_state_alone():

@@ -62,18 +62,24 @@ def prepare_data(opts: DataOptions, seed: int = 0, preprocess: Preprocess | None
 def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, bool]]:
     """The user's ``options`` with the input settings that follow from the model, the largest input size to take
     from the data, and what the plain defaults need to know of the network (``bf16``: bf16 autocast is fast for it
-    here; ``deep_no_norm``: it has more than PLAIN_DEEP_NO_NORM_CONVS convolutions and no normalisation layers):
-    for pretrained weights under the transfer recipe, the backbone's native size and the normalisation its weights expect (unless set); otherwise at most the native size
-    of the model (gapcnn when none is named). The backbone is built once, to read these. (Whether the network has
-    normalisation layers is read from the network actually built, which a recipe may choose: :func:`initialise`.)"""
+    here; ``deep_no_norm``: it has more than PLAIN_DEEP_NO_NORM_CONVS convolutions larger than 1 x 1 and no
+    normalisation layers;
+    ``grouped_norm``: it has grouped convolutions and normalisation layers; both only from scratch):
+    for pretrained weights under the transfer recipe, the backbone's native size and the normalisation its weights
+    expect (unless set); otherwise at most the native size of the model (gapcnn when none is named). The backbone
+    is built once, to read these. (Whether the network has normalisation layers is read from the network actually
+    built, which a recipe may choose: :func:`initialise`.)"""
     from ..models.backbones import probe_backbone
     from .recipes import PLAIN_DEEP_NO_NORM_CONVS, native_bf16
 
     backbone = probe_backbone(options.get("model") or "gapcnn")
     convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
     grouped = any(m.groups > 1 for m in convs)
+    scratch = not options.get("weights")  # the lr rules were measured from scratch, not for fine-tuning
     traits = {"bf16": not grouped and native_bf16(str(options.get("device") or "auto")),
-              "deep_no_norm": len(convs) > PLAIN_DEEP_NO_NORM_CONVS and not has_normalization(backbone)}
+              "deep_no_norm": scratch and sum(max(m.kernel_size) > 1 for m in convs) > PLAIN_DEEP_NO_NORM_CONVS
+                              and not has_normalization(backbone),
+              "grouped_norm": scratch and grouped and has_normalization(backbone)}
     size = backbone.native_size
     if choose_recipe(options, img_size=0) == "transfer":
         filled = {"img_size": size, "normalize": backbone.tv_normalize}
@@ -166,7 +172,7 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
     if preprocess is None:  # timm backbones: their pretrained config's size/mean/std where the user set none
         pre = pretrained_preprocess(pre, user.get("model"), user)
     options, recipe = apply_recipe(filled, img_size=pre.img_size, n_train=len(splits.train), bf16=traits["bf16"],
-                                   deep_no_norm=traits["deep_no_norm"],
+                                   deep_no_norm=traits["deep_no_norm"], grouped_norm=traits["grouped_norm"],
                                    base={"batch_size": TrainConfig.batch_size, "epochs": TrainConfig.epochs})
     dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
     say = (lambda s: None) if tcfg.quiet else print

@@ -95,12 +95,20 @@ MIN_STEPS = 300  # small data sets: enough epochs for at least this many optimis
 PLAIN_STEPS_PER_EPOCH = 100
 PLAIN_STEPS = 600
 PLAIN_MAX_EPOCHS = 40
-#: a network without normalisation layers and more convolutions than this trains at PLAIN_DEEP_NO_NORM_LR:
-#: builtin:shapes, 2 epochs, whitened + data-dependent start, validation accuracy VGG-19 0.25 at the usual 1e-3 and
-#: 0.65 at 3e-4, VGG-16 0.78 and 0.82 (bench/backbones.py beside --lr 3e-4: bench/results/backbones-20261204-1858.json,
-#: -1927-lr0.0003.json); gapcnn (6 convs) 0.93 at 1e-3 but 0.70 at 3e-4
+#: a network without normalisation layers and more spatial (larger than 1 x 1) convolutions than this trains at
+#: PLAIN_DEEP_NO_NORM_LR: builtin:shapes, 2 epochs, whitened + data-dependent start, validation accuracy VGG-19 0.25
+#: at the usual 1e-3 and 0.65 at 3e-4, VGG-16 0.78 and 0.82 (bench/backbones.py beside --lr 3e-4:
+#: bench/results/backbones-20261204-1858.json, -1927-lr0.0003.json); gapcnn (6 convs) 0.93 at 1e-3 but 0.70 at
+#: 3e-4, and the SqueezeNets (9 spatial convs among their 1 x 1 ones) 0.395 / 0.360 at 1e-3 but 0.378 / 0.250 at
+#: 3e-4 (-2037-lr0.0003.json)
 PLAIN_DEEP_NO_NORM_CONVS = 10
 PLAIN_DEEP_NO_NORM_LR = 3e-4
+#: a network with grouped (depthwise) convolutions and normalisation layers trains at PLAIN_GROUPED_LR: builtin:shapes,
+#: whitened start, validation accuracy after 2 epochs at 1e-3 / 3e-3 (bench/backbones.py beside --lr 3e-3:
+#: bench/results/backbones-20261204-1858.json, -2030-lr0.003.json): MobileNetV2 0.398 / 0.502, EfficientNet-B0
+#: 0.472 / 0.555, MNASNet 0.485 / 0.657, RegNetY-400MF 0.370 / 0.472, ShuffleNetV2 0.385 / 0.412, but MobileNetV3-small
+#: 0.422 / 0.378 and -large 0.552 / 0.497; MobileNetV2 after the default 6 epochs 0.708 / 0.973
+PLAIN_GROUPED_LR = 3e-3
 
 def choose_recipe(options: dict[str, Any], img_size: int) -> str:
     """The recipe that applies to ``options`` (the user's, None for unset) at ``img_size``: transfer, fast or none.
@@ -141,18 +149,20 @@ def recipe_values(name: str, n_train: int, device: str = "auto", batch_size: int
 
 
 def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int, base: dict[str, Any] | None = None,
-                 bf16: bool = False, deep_no_norm: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                 bf16: bool = False, deep_no_norm: bool = False,
+                 grouped_norm: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """``options`` (the user's; None = unset) completed by the recipe that applies, and a note for config.json:
     ``{"name": ..., "from_recipe": [option names filled by the recipe]}``; without a recipe the plain defaults that
     depend on the data (:func:`plain_values`, listed as ``from_defaults``). ``base``: TrainConfig's defaults
     (batch_size, epochs); ``bf16``: whether bf16 autocast is fast for this network here, ``deep_no_norm``: whether
-    it is deep and has no normalisation layers (plain defaults only)."""
+    it is deep and has no normalisation layers, ``grouped_norm``: it has grouped convolutions and normalisation
+    layers (plain defaults only)."""
     name = choose_recipe(options, img_size)
     given = {k: v for k, v in options.items() if v is not None}
     if name == "none":
         base = base or {}
         defaults = plain_values(n_train, base.get("batch_size", 64), base.get("epochs", 10), given, bf16,
-                                deep_no_norm)
+                                deep_no_norm, grouped_norm)
         return {**defaults, **given, "recipe": "none"}, {"name": "none", "from_recipe": [],
                                                          "from_defaults": sorted(defaults)}
     values = recipe_values(name, n_train, str(given.get("device", "auto")), given.get("batch_size"))
@@ -161,7 +171,7 @@ def apply_recipe(options: dict[str, Any], *, img_size: int, n_train: int, base: 
 
 
 def plain_values(n_train: int, base_batch: int = 64, base_epochs: int = 10, given: dict[str, Any] | None = None,
-                 bf16: bool = False, deep_no_norm: bool = False) -> dict[str, Any]:
+                 bf16: bool = False, deep_no_norm: bool = False, grouped_norm: bool = False) -> dict[str, Any]:
     """The plain defaults that follow from the data and the network (TrainConfig's own, ``base_batch`` and
     ``base_epochs``, are for mid-sized data):
 
@@ -171,8 +181,10 @@ def plain_values(n_train: int, base_batch: int = 64, base_epochs: int = 10, give
       network has no grouped convolutions, which oneDNN runs slower in bf16: bench/precision_speed.py).
 
     * a deep network without normalisation layers (``deep_no_norm``: more than PLAIN_DEEP_NO_NORM_CONVS
-      convolutions, VGG-16/19) the lower PLAIN_DEEP_NO_NORM_LR; a shallower one trains with the same optimiser as
-      the others once its start is data-dependent (models/data_init.py).
+      spatial convolutions, VGG-16/19) the lower PLAIN_DEEP_NO_NORM_LR; a shallower one trains with the same optimiser as
+      the others once its start is data-dependent (models/data_init.py);
+    * a network with grouped convolutions and normalisation layers (``grouped_norm``: MobileNets, EfficientNet,
+      MNASNet, ShuffleNet, RegNet) the higher PLAIN_GROUPED_LR.
 
     Only what the user did not set (``given``) is returned."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
@@ -185,6 +197,8 @@ def plain_values(n_train: int, base_batch: int = 64, base_epochs: int = 10, give
         values["amp"] = "on"
     if deep_no_norm:
         values["lr"] = PLAIN_DEEP_NO_NORM_LR
+    elif grouped_norm:
+        values["lr"] = PLAIN_GROUPED_LR
     return {k: v for k, v in values.items() if k not in given}
 
 
