@@ -9,11 +9,12 @@
 Each row is ``gapvision.train("builtin:shapes", model=NAME, epochs=2)`` and nothing else (the plain defaults, since a
 model is named; random initialisation, nothing downloaded), run once with each of ``--inits`` one after the other
 (by default ``auto``, the default start: the first convolution whitened, see models/whitening.py, beside
-``default``, the builders' initialisation): validation accuracy after each epoch and seconds per epoch. Chance is 0.25 (4 balanced classes); the target is to beat twice chance. A backbone whose smallest input is
-larger than 64 px (inception_v3) runs at its smallest accepted size, and the row says so. Results go to
-bench/results/backbones-*.json; the README's table is printed at the end. ``--builder-bn-momentum`` keeps the
-BatchNorm momenta the builders set (a from-scratch run otherwise raises them to at least 0.1:
-``gapvision.train.pipeline.SCRATCH_BN_MOMENTUM``), to see what that default does.
+``default``, the builders' initialisation): validation accuracy after each epoch and seconds per epoch. Chance is
+0.25 (4 balanced classes); the target is to beat twice chance. A backbone whose smallest input is larger than 64 px
+(inception_v3) runs at its smallest accepted size, and the row says so. Results go to bench/results/backbones-*.json;
+the README's table is printed at the end. ``--builder-bn-momentum`` keeps the BatchNorm momenta the builders set (a
+from-scratch run otherwise raises them to at least 0.1: ``gapvision.train.pipeline.SCRATCH_BN_MOMENTUM``), to see
+what that default does.
 """
 from __future__ import annotations
 

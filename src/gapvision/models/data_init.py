@@ -20,15 +20,37 @@ from torch import nn
 
 
 class _Reached(Exception):
-    """Raised by the hook once the convolution being set has its output: the rest of the forward is not needed."""
+    """Raised by a hook on the module where a forward pass stops, with that module and its input or output: the
+    rest of the forward is not needed."""
 
-    def __init__(self, out: torch.Tensor):
+    def __init__(self, module: nn.Module, tensor: torch.Tensor):
         super().__init__()
-        self.out = out
+        self.module, self.tensor = module, tensor
 
 
-def _raise_output(_module: nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
-    raise _Reached(out)
+def _raise_input(module: nn.Module, inputs: tuple) -> None:
+    raise _Reached(module, inputs[0])
+
+
+def _raise_output(module: nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
+    raise _Reached(module, out)
+
+
+def run_until(module: nn.Module, x: torch.Tensor, stops: list[nn.Module],
+              at: str = "output") -> tuple[nn.Module, torch.Tensor] | None:
+    """Run ``module`` on ``x`` until its forward pass reaches the first of ``stops`` and return that module with its
+    input (``at="input"``, before it runs) or its output; None when the pass reaches none of them. The module's mode
+    is the caller's; the hooks are removed."""
+    hooks = [m.register_forward_pre_hook(_raise_input) if at == "input" else m.register_forward_hook(_raise_output)
+             for m in stops]
+    try:
+        module(x)
+        return None
+    except _Reached as reached:
+        return reached.module, reached.tensor
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 @torch.no_grad()
@@ -42,14 +64,10 @@ def data_dependent_init(module: nn.Module, x: torch.Tensor, eps: float = 1e-6) -
     module.eval()
     try:
         for conv in convs:
-            hook = conv.register_forward_hook(_raise_output)
-            try:
-                module(x)
+            reached = run_until(module, x, [conv])
+            if reached is None:
                 continue  # not on the forward path (an unused branch): left as it is
-            except _Reached as reached:
-                active = reached.out.float().clamp_min(0)  # what the ReLU after it passes on
-            finally:
-                hook.remove()
+            active = reached[1].float().clamp_min(0)  # what the ReLU after it passes on
             mu, sigma = active.mean(dim=(0, 2, 3)), active.std(dim=(0, 2, 3))
             gain = torch.where(sigma > eps, 1.0 / sigma, torch.ones_like(sigma))
             conv.weight.mul_(gain.view(-1, 1, 1, 1).to(conv.weight.dtype))

@@ -71,18 +71,6 @@ def whitened_patch_filters(x: torch.Tensor, kernel_size: tuple[int, int], stride
     return vectors.T / torch.sqrt(values + eps)[:, None]
 
 
-class _FirstConv(Exception):
-    """Raised by the hook on the first convolution a forward pass reaches, carrying it and its input."""
-
-    def __init__(self, conv: nn.Conv2d, x: torch.Tensor):
-        super().__init__()
-        self.conv, self.x = conv, x
-
-
-def _stop_at(conv: nn.Conv2d, inputs: tuple) -> None:
-    raise _FirstConv(conv, inputs[0])
-
-
 @torch.no_grad()
 def whiten_first_conv(module: nn.Module, x: torch.Tensor, eps: float = 5e-4) -> bool:
     """Set the first ``nn.Conv2d`` that ``module``'s forward pass reaches on the batch ``x`` from the patches of its
@@ -90,20 +78,17 @@ def whiten_first_conv(module: nn.Module, x: torch.Tensor, eps: float = 5e-4) -> 
     leading whitened patch components (:func:`whitened_patch_filters`), each once with each sign; the others and the
     bias keep the builder's values, and all stay trainable. False (nothing changed) when the module has no
     convolution on its path or its first one is grouped. The module's mode is restored."""
-    hooks = [m.register_forward_pre_hook(_stop_at) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    from .data_init import run_until
+
     was_training = module.training
     module.eval()
     try:
-        module(x)
-        return False
-    except _FirstConv as first:
-        conv, inp = first.conv, first.x
+        reached = run_until(module, x, [m for m in module.modules() if isinstance(m, nn.Conv2d)], at="input")
     finally:
-        for h in hooks:
-            h.remove()
         module.train(was_training)
-    if conv.groups != 1:
+    if reached is None or reached[0].groups != 1:
         return False
+    conv, inp = reached
     filters = whitened_patch_filters(inp, conv.kernel_size, conv.stride, eps)
     m = min(conv.out_channels // 2, len(filters))
     weight = conv.weight.detach().reshape(conv.out_channels, -1).clone()

@@ -63,8 +63,8 @@ def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[s
     """The user's ``options`` with the input settings that follow from the model, the largest input size to take
     from the data, and what the plain defaults need to know of the network (``bf16``: bf16 autocast is fast for it
     here; ``deep_no_norm``: it has more than PLAIN_DEEP_NO_NORM_CONVS convolutions larger than 1 x 1 and no
-    normalisation layers;
-    ``grouped_norm``: it has grouped convolutions and normalisation layers; both only from scratch):
+    normalisation layers; ``grouped_norm``: it has grouped convolutions and normalisation layers; both only from
+    scratch):
     for pretrained weights under the transfer recipe, the backbone's native size and the normalisation its weights
     expect (unless set); otherwise at most the native size of the model (gapcnn when none is named). The backbone
     is built once, to read these. (Whether the network has normalisation layers is read from the network actually
@@ -76,10 +76,11 @@ def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[s
     convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
     grouped = any(m.groups > 1 for m in convs)
     scratch = not options.get("weights")  # the lr rules were measured from scratch, not for fine-tuning
+    normalised = has_normalization(backbone)
+    spatial = sum(max(m.kernel_size) > 1 for m in convs)
     traits = {"bf16": not grouped and native_bf16(str(options.get("device") or "auto")),
-              "deep_no_norm": scratch and sum(max(m.kernel_size) > 1 for m in convs) > PLAIN_DEEP_NO_NORM_CONVS
-                              and not has_normalization(backbone),
-              "grouped_norm": scratch and grouped and has_normalization(backbone)}
+              "deep_no_norm": scratch and not normalised and spatial > PLAIN_DEEP_NO_NORM_CONVS,
+              "grouped_norm": scratch and grouped and normalised}
     size = backbone.native_size
     if choose_recipe(options, img_size=0) == "transfer":
         filled = {"img_size": size, "normalize": backbone.tv_normalize}

@@ -181,8 +181,8 @@ def plain_values(n_train: int, base_batch: int = 64, base_epochs: int = 10, give
       network has no grouped convolutions, which oneDNN runs slower in bf16: bench/precision_speed.py).
 
     * a deep network without normalisation layers (``deep_no_norm``: more than PLAIN_DEEP_NO_NORM_CONVS
-      spatial convolutions, VGG-16/19) the lower PLAIN_DEEP_NO_NORM_LR; a shallower one trains with the same optimiser as
-      the others once its start is data-dependent (models/data_init.py);
+      spatial convolutions, VGG-16/19) the lower PLAIN_DEEP_NO_NORM_LR; a shallower one trains with the same
+      optimiser as the others once its start is data-dependent (models/data_init.py);
     * a network with grouped convolutions and normalisation layers (``grouped_norm``: MobileNets, EfficientNet,
       MNASNet, ShuffleNet, RegNet) the higher PLAIN_GROUPED_LR.
 
