@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, help="a learning rate for every run (default: the plain defaults' choice)")
     p.add_argument("--builder-bn-momentum", action="store_true",
                    help="keep the builders' BatchNorm momenta (MNASNet 3e-4, MobileNetV3 1e-2) instead of >= 0.1")
+    p.add_argument("--table", nargs="+", metavar="JSON",
+                   help="only print the README table of these result files (rows of a later file replace those of an "
+                        "earlier one for the same model and init)")
     a = p.parse_args(argv)
+    if a.table:
+        return table_of(a.table)
     import torch
 
     import gapvision as gv
@@ -73,9 +78,41 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name:20s} {init:8s} {r['img_size']:4d} px  val acc {accs}"
                           f"  train acc {' '.join(f'{x:.3f}' for x in r['train_acc'])}  {r['seconds_per_epoch']:7.1f} "
                           f"s/epoch  {'ok' if r['beats_twice_chance'] else 'BELOW 2x chance'}", flush=True)
+    print_table(rows, names, inits, epochs)
+    print(f"written {out}")
+    return 0
+
+
+def table_of(files: list[str]) -> int:
+    """Print the table of the rows in ``files``, merged (a later file's row replaces an earlier one's), with the file
+    each row comes from."""
+    import json
+
+    merged: dict[tuple[str, str], dict] = {}
+    inits: list[str] = []
+    epochs = set()
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        epochs.add(d["epochs"])
+        for r in d["rows"]:
+            merged[(r["model"], r["init"])] = {**r, "file": Path(f).name}
+            inits += [r["init"]] if r["init"] not in inits else []
+    if len(epochs) != 1:
+        raise SystemExit(f"the files were run for different epochs: {sorted(map(str, epochs))}")
+    (e,) = epochs
+    names = sorted({m for m, _ in merged})
+    print_table(list(merged.values()), names, inits, None if e == "default" else int(e))
+    for name in names:
+        print(f"{name}: " + ", ".join(f"--init {i} from {merged[(name, i)]['file']}" for i in inits
+                                      if (name, i) in merged))
+    return 0
+
+
+def print_table(rows: list[dict], names: list[str], inits: list[str], epochs: int | None) -> None:
+    """The README's table of ``rows`` (one per model and init), in the order of ``names``."""
     shown = "each epoch" if epochs is None else "epoch " + " / ".join(str(i + 1) for i in range(epochs))
-    print(f"\n| backbone | input | {' | '.join(f'val acc after {shown}, --init {i}' for i in inits)} | "
-          f"{' | '.join(f'train acc, --init {i}' for i in inits)} | s / epoch |\n|---|---|"
+    print(f"\n| backbone | input | start, lr | {' | '.join(f'val acc after {shown}, --init {i}' for i in inits)} | "
+          f"{' | '.join(f'train acc, --init {i}' for i in inits)} | s / epoch |\n|---|---|---|"
           + "---|" * (2 * len(inits) + 1))
     for name in names:
         mine = {r["init"]: r for r in rows if r["model"] == name}
@@ -85,14 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
 
         def cell(init: str, key: str) -> str:
-            r = mine[init]
+            r = mine.get(init, {"error": "-"})
             text = " / ".join(f"{x:.3f}" for x in r[key]) if "error" not in r else r["error"]
             return f"**{text}**" if key == "val_acc" and r.get("beats_twice_chance") else text
 
-        print(f"| {name} | {ok[0]['img_size']} | {' | '.join(cell(i, 'val_acc') for i in inits)} | "
+        start = ", ".join(f"{r['started_as']} {r['lr']:g}" for r in ok)
+        print(f"| {name} | {ok[0]['img_size']} | {start} | {' | '.join(cell(i, 'val_acc') for i in inits)} | "
               f"{' | '.join(cell(i, 'train_acc') for i in inits)} | {ok[0]['seconds_per_epoch']} |")
-    print(f"written {out}")
-    return 0
 
 
 def train_one(gv, config_error: type, name: str, init: str, epochs: int | None, tmp: Path,

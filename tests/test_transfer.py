@@ -185,6 +185,19 @@ def test_data_dependent_init_standardises_each_conv_by_its_relu_output_in_order(
     assert 0.05 < float((out > 0).float().mean()) < 0.5  # sparser than the Kaiming start's half, not dead
 
 
+def test_data_dependent_init_leaves_1x1_convs_as_built():
+    from gapvision.models.data_init import data_dependent_init
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.ReLU(),
+                        nn.Conv2d(4, 8, 3, padding=1), nn.ReLU())
+    pointwise = [p.clone() for p in net[2].parameters()]
+    spatial = net[4].weight.clone()
+    assert data_dependent_init(net, torch.randn(16, 3, 8, 8)) == 2  # the two 3 x 3 convs
+    assert all(torch.equal(a, b) for a, b in zip(pointwise, net[2].parameters()))
+    assert not torch.equal(spatial, net[4].weight)
+
+
 def test_nets_without_batchnorm_start_from_the_data_and_others_as_built(tmp_path):
     def start(model, **kw):
         out = tmp_path / f"{model}-{kw.get('init', 'auto')}"
@@ -194,7 +207,9 @@ def test_nets_without_batchnorm_start_from_the_data_and_others_as_built(tmp_path
     assert start("gapcnn") == "whiten+data"  # no normalisation layers: whitened first conv, then data-dependent
     assert start("gapcnn", init="default") == "default"
     assert start("gapcnn", init="whiten") == "whiten"
-    assert start("fastnet_s") == "whiten"  # BatchNorm: only the first conv set from the data
+    assert start("fastnet_s") == "whiten"  # BatchNorm, no residual additions: only the first conv set from the data
+    assert start("resnet20") == "whiten+residual"  # and the residual branches' last BatchNorm scaled to 0
+    assert start("resnet20", init="residual") == "residual"
     assert start("fastnet_s", init="data") == "data"
     # the same seed gives the same data-dependent start (the batch it measures is seeded, the RNG left alone)
     from gapvision.train.pipeline import prepare_run

@@ -13,9 +13,10 @@ NORMALIZE_MODES = ("auto", "imagenet", "half", "caffe")  # auto: statistics of t
 CHANNELS = ("1", "3", "auto")
 IN_MEMORY_MODES = ("auto", "on", "off")
 FREEZE = ("none", "backbone", "bn")
-#: --init: auto = the first conv whitened (models/whitening.py), and data-dependent (models/data_init.py) for a network
-#: without normalisation layers, trained from scratch
-INITS = ("auto", "whiten", "data", "default")
+#: --init: auto = the first conv whitened (models/whitening.py), then the residual branches zero-initialised
+#: (models/residual_init.py) for a network with normalisation layers and data-dependent (models/data_init.py) for one
+#: without, trained from scratch
+INITS = ("auto", "whiten", "residual", "data", "default")
 SWITCHES = ("auto", "on", "off")  # --amp, --channels-last
 #: --tta: flip = the mean over the image and its mirror; crops = that, averaged half and half with the same over the
 #: image shifted by one pixel up-left and down-right (airbench's multi-crop test-time augmentation)

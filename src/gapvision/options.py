@@ -129,8 +129,9 @@ MODEL_HELP: dict[str, str | tuple[str, str]] = {
     "weights": "pretrained weights: FILE (.pth/.safetensors), a run directory, or torchvision:DEFAULT",
     "freeze": "freeze the backbone, or only BatchNorm statistics",
     "init": "starting weights without --weights, from a batch of training images: whiten = the first conv set to "
-            "whitened patch components, data = each conv rescaled by the mean and std of its ReLU output, auto = "
-            "whiten (and data for networks without normalisation layers), default = the builder's",
+            "whitened patch components, residual = each residual branch's last normalisation scaled to 0, data = "
+            "each conv rescaled by the mean and std of its ReLU output, auto = whiten, then residual for networks "
+            "with normalisation layers and data for those without, default = the builder's",
 }
 TRAIN_HELP: dict[str, str | tuple[str, str]] = {
     "epochs": "", "batch_size": "images per step; under torchrun the global batch, split evenly across the processes",

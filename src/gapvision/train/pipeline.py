@@ -210,17 +210,22 @@ def initialise(net: Classifier, mopts: ModelOptions, splits: DataSplits, pre: Pr
     """Apply ``--init`` to a network trained from scratch and return what was done (recorded in config.json), from
     INIT_IMAGES training images: ``whiten`` (the first convolution set to whitened patch components:
     models/whitening.py's :func:`~gapvision.models.whitening.whiten_first_conv`, or a frozen patch-whitening layer
-    set, which always is), ``data`` (:func:`~gapvision.models.data_init.data_dependent_init` of the backbone),
-    ``whiten+data`` (both: ``--init auto`` for a backbone without normalisation layers; ``auto`` whitens every
-    other one) or ``default`` (the builder's weights; always with pretrained ``--weights``)."""
+    set, which always is), ``residual`` (the last normalisation layer of each residual branch scaled to 0:
+    :func:`~gapvision.models.residual_init.zero_init_residual`), ``data``
+    (:func:`~gapvision.models.data_init.data_dependent_init` of the backbone), joined by ``+`` when several were
+    done, or ``default`` (the builder's weights; always with pretrained ``--weights``). ``--init auto`` whitens every
+    network and then zero-initialises the residual branches of one with normalisation layers or gives one without
+    them the data-dependent start (``whiten+residual``, ``whiten+data``)."""
     from ..models.whitening import PatchWhitening
 
     if mopts.weights:
         return "default"
     frozen = any(isinstance(m, PatchWhitening) for m in net.backbone.modules())
+    normalized = has_normalization(net.backbone)
     whiten = frozen or mopts.init in ("auto", "whiten")
-    data_init = mopts.init == "data" or (mopts.init == "auto" and not has_normalization(net.backbone))
-    if not (whiten or data_init):
+    residual = mopts.init == "residual" or (mopts.init == "auto" and normalized)
+    data_init = mopts.init == "data" or (mopts.init == "auto" and not normalized)
+    if not (whiten or residual or data_init):
         return "default"
     pick = np.sort(np.random.default_rng(seed).permutation(len(splits.train))[:INIT_IMAGES])
     x, _ = next(iter(make_batches(splits.train.subset(pick), pre, len(pick), workers=0).epoch(0)))
@@ -230,6 +235,11 @@ def initialise(net: Classifier, mopts: ModelOptions, splits: DataSplits, pre: Pr
 
         if init_whitening(net.backbone, x) if frozen else whiten_first_conv(net.backbone, x):
             done.append("whiten")
+    if residual:
+        from ..models.residual_init import zero_init_residual
+
+        if zero_init_residual(net.backbone, x):
+            done.append("residual")
     if data_init:
         from ..models.data_init import data_dependent_init
 
