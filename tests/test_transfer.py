@@ -289,6 +289,10 @@ def test_stuck_at_chance_reads_the_loss_against_guessing_the_class_shares():
     assert stuck_at_chance(history([1.39, 1.1, 0.9], [0.25, 0.26, 0.27]), targets) is None  # training loss falls
     assert stuck_at_chance(history([1.39, 1.388, 1.387], [0.25, 0.25, 0.40]), targets) is None  # validation moved
     assert stuck_at_chance(history([1.39, 1.388], [0.25, 0.25]), targets) is None  # too early to say
+    # a long run (the plain defaults give small sets up to 40 epochs) is not judged before a fifth of its epochs
+    assert stuck_at_chance(history([1.39, 1.388, 1.387], [0.25, 0.25, 0.25]), targets, planned_epochs=40) is None
+    assert stuck_at_chance(history([1.39] + [1.388] * 7, [0.25] * 8), targets, planned_epochs=40)
+    assert stuck_at_chance(history([1.39, 1.388, 1.387], [0.25, 0.25, 0.25]), targets, planned_epochs=5)
     # unbalanced: the majority share (0.9) and its entropy (0.325 nats) are the reference
     skewed = np.array([0] * 90 + [1] * 10)
     assert stuck_at_chance(history([0.5, 0.34, 0.33], [0.9, 0.9, 0.9]), skewed)

@@ -29,6 +29,10 @@ from .config import TrainConfig
 from .optim import FULL_PHASE, HEAD_PHASE, build_optimizer, lr_factor, phase_of, set_lr
 
 NOT_LEARNING_EPOCHS = 3  # epochs in a row at the majority share before a run is said not to learn
+#: ... and not before this share of the planned epochs: the plain defaults give a small set up to 40 short epochs (10
+#: steps of 16 on boxes-dev), and gapcnn's validation accuracy there, like that of the 7-class grey manifest of
+#: bench/tutorial_manifest.py, sat at the majority share for the first 3 epochs of a run that then learnt
+NOT_LEARNING_SHARE = 0.2
 NOT_LEARNING_MARGIN = 0.05  # "at the majority share": validation accuracy within this of it
 NOT_LEARNING_LOSS = 0.9  # ... while the training loss stays above this fraction of the first epoch's
 NOT_LEARNING_PRIOR = 0.95  # ... or above this fraction of the loss of predicting the class shares
@@ -38,14 +42,15 @@ NOT_LEARNING_PRIOR = 0.95  # ... or above this fraction of the loss of predictin
 EPOCH_TTA = {"crops": "flip"}
 
 
-def stuck_at_chance(history: list[dict], targets: np.ndarray) -> str | None:
+def stuck_at_chance(history: list[dict], targets: np.ndarray, planned_epochs: int = 0) -> str | None:
     """Why the run is not learning, or None: validation accuracy at the majority class's share (within
-    NOT_LEARNING_MARGIN, or two binomial standard errors on a small set) for the last NOT_LEARNING_EPOCHS epochs,
+    NOT_LEARNING_MARGIN, or two binomial standard errors on a small set) for the last NOT_LEARNING_EPOCHS epochs
+    (and not before NOT_LEARNING_SHARE of the ``planned_epochs``),
     while the training loss barely moved (above NOT_LEARNING_LOSS of the first epoch's) or is still at least the loss
     of predicting the class shares (their entropy: a first epoch whose loss rose above that start looks like a
     move down afterwards, yet nothing was learnt). ``targets``: the validation labels."""
     targets = np.asarray(targets, dtype=np.int64)
-    if len(history) < NOT_LEARNING_EPOCHS or not len(targets):
+    if len(history) < max(NOT_LEARNING_EPOCHS, math.ceil(NOT_LEARNING_SHARE * planned_epochs)) or not len(targets):
         return None
     shares = np.bincount(targets) / len(targets)
     seen = shares[shares > 0]
@@ -275,7 +280,7 @@ class Trainer:
         st = self.state
         if any("not learning" in w for w in st.warnings):
             return
-        found = stuck_at_chance(st.history, ev.targets)
+        found = stuck_at_chance(st.history, ev.targets, self.cfg.epochs)
         if found:
             message = f"not learning: {found}; try {'; '.join(self.learning_hints())}"
             st.warnings.append(message)
