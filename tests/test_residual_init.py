@@ -2,6 +2,7 @@
 as the identity."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -79,3 +80,11 @@ def test_networks_without_residual_additions_are_left_alone():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     assert zero_init_residual(net, torch.randn(2, 3, 64, 64)) == 0
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_timm_networks_are_found_the_same_way():
+    timm = pytest.importorskip("timm", reason="timm is not installed")
+    net = timm.create_model("resnet18", num_classes=4)
+    identity_blocks = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer
+                       if b.downsample is None]
+    assert residual_branch_norms(net, torch.randn(2, 3, 64, 64)) == [b.bn2 for b in identity_blocks]

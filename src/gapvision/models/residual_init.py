@@ -29,7 +29,8 @@ class _WatchAdds(TorchFunctionMode):
         super().__init__()
         self.norm_outputs: dict[int, tuple[nn.Module, int]] = {}  # id(tensor) -> (layer, tensor version)
         self.running_inputs: list[tuple[int, int]] = []  # (id, version) of each running module's first input
-        self.kept: list[torch.Tensor] = []  # keeps the watched tensors alive, so that their ids stay theirs
+        self.inputs: list[torch.Tensor | None] = []  # those inputs, alive while their module runs (ids stay theirs)
+        self.kept: list[torch.Tensor] = []  # keeps the norms' outputs alive, for the same reason
         self.found: list[nn.Module] = []
 
     def _norm_of(self, t: torch.Tensor) -> nn.Module | None:
@@ -51,10 +52,11 @@ class _WatchAdds(TorchFunctionMode):
     def before(self, _module: nn.Module, inputs: tuple) -> None:
         t = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
         self.running_inputs.append((id(t), t._version) if t is not None else (0, -1))
-        self.kept.append(t)
+        self.inputs.append(t)
 
     def after(self, module: nn.Module, _inputs: tuple, out: object) -> None:
         self.running_inputs.pop()
+        self.inputs.pop()
         if isinstance(module, NORMS) and isinstance(out, torch.Tensor) and getattr(module, "weight", None) is not None:
             self.norm_outputs[id(out)] = (module, out._version)
             self.kept.append(out)
@@ -82,8 +84,9 @@ def residual_branch_norms(module: nn.Module, x: torch.Tensor) -> list[nn.Module]
 @torch.no_grad()
 def zero_init_residual(module: nn.Module, x: torch.Tensor) -> int:
     """Set the scale of the last normalisation layer of each residual branch of ``module`` to 0
-    (:func:`residual_branch_norms` on the batch ``x``); returns how many were set."""
-    norms = residual_branch_norms(module, x)
+    (:func:`residual_branch_norms` on the first two images of the batch ``x``: the structure does not depend on
+    the data, and every normalisation layer's output is kept until the pass ends); returns how many were set."""
+    norms = residual_branch_norms(module, x[:2])
     for norm in norms:
         nn.init.zeros_(norm.weight)
     return len(norms)
