@@ -18,32 +18,34 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)  # torchvision's LayerNorm2d is a LayerNorm
 _ADDS = ("add", "add_", "__add__", "__iadd__", "__radd__")
 
 
 class _WatchAdds(TorchFunctionMode):
-    """Records the normalisation layers whose output is added to the input of a running module."""
+    """Records the normalisation layers whose output is added to the input of a running module. Tensors are known
+    by id and version (an in-place op bumps the version), and held alive while watched so that their ids stay
+    theirs."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.norm_outputs: dict[int, tuple[nn.Module, int]] = {}  # id(tensor) -> (layer, tensor version)
-        self.running_inputs: list[tuple[int, int]] = []  # (id, version) of each running module's first input
-        self.inputs: list[torch.Tensor | None] = []  # those inputs, alive while their module runs (ids stay theirs)
-        self.kept: list[torch.Tensor] = []  # keeps the norms' outputs alive, for the same reason
+        self.norm_outputs: dict[int, tuple[nn.Module, int, torch.Tensor]] = {}  # id -> (layer, version, tensor)
+        self.running: list[tuple[torch.Tensor | None, int]] = []  # each running module's first input, its version
         self.found: list[nn.Module] = []
 
     def _norm_of(self, t: torch.Tensor) -> nn.Module | None:
         got = self.norm_outputs.get(id(t))
         return got[0] if got is not None and got[1] == t._version else None
 
+    def _is_running_input(self, t: torch.Tensor) -> bool:
+        return any(r is t and version == t._version for r, version in self.running)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__name__", "") in _ADDS and len(args) >= 2 and all(
                 isinstance(a, torch.Tensor) for a in args[:2]):
             for branch, shortcut in ((args[0], args[1]), (args[1], args[0])):
                 norm = self._norm_of(branch)
-                if norm is not None and branch.shape == shortcut.shape and (
-                        (id(shortcut), shortcut._version) in self.running_inputs):
+                if norm is not None and branch.shape == shortcut.shape and self._is_running_input(shortcut):
                     if all(norm is not f for f in self.found):
                         self.found.append(norm)
                     break
@@ -51,15 +53,12 @@ class _WatchAdds(TorchFunctionMode):
 
     def before(self, _module: nn.Module, inputs: tuple) -> None:
         t = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-        self.running_inputs.append((id(t), t._version) if t is not None else (0, -1))
-        self.inputs.append(t)
+        self.running.append((t, t._version if t is not None else -1))
 
     def after(self, module: nn.Module, _inputs: tuple, out: object) -> None:
-        self.running_inputs.pop()
-        self.inputs.pop()
+        self.running.pop()
         if isinstance(module, NORMS) and isinstance(out, torch.Tensor) and getattr(module, "weight", None) is not None:
-            self.norm_outputs[id(out)] = (module, out._version)
-            self.kept.append(out)
+            self.norm_outputs[id(out)] = (module, out._version, out)
 
 
 @torch.no_grad()

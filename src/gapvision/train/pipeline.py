@@ -21,6 +21,7 @@ from ..data.memory import available_memory
 from ..data.transforms import Preprocess
 from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.classifier import Classifier, ModelConfig, create_model
+from ..models.residual_init import NORMS
 from ..models.timm_backbone import pretrained_preprocess
 from ..options import GROUPS, DataOptions, ModelOptions
 from ..plots import plot_confusion, plot_curves
@@ -250,8 +251,7 @@ def initialise(net: Classifier, mopts: ModelOptions, splits: DataSplits, pre: Pr
 
 def has_normalization(module: nn.Module) -> bool:
     """Whether ``module`` has normalisation layers (BatchNorm, GroupNorm, LayerNorm; torchvision's LayerNorm2d too)."""
-    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
-    return any(isinstance(m, norms) for m in module.modules())
+    return any(isinstance(m, NORMS) for m in module.modules())
 
 
 def check_folded_batchnorm(net: Classifier, weights: str | None, user_freeze: str | None,
