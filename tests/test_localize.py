@@ -431,3 +431,19 @@ def test_cli_calibrate_then_evaluate_prints_the_baselines(shapes_run, tmp_path, 
     assert m["calibrated"] and m["operating_point"]["rule"] == saved["methods"]["cam"]["rule"]
     assert main(["localize", str(run), "--calibrate", "builtin:shapes-scenes?n=8&size=64", "--split", "sideways"]) == 2
     assert "--split" in capsys.readouterr().err
+
+
+def test_cli_fewshot_is_fitted_by_calibrate_and_warns_when_evaluated_on_the_same_images(shapes_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(shapes_run, run)
+    assert main(["localize", str(run), "x.png", "--method", "fewshot"]) == 2
+    assert "--calibrate DATA --method fewshot" in capsys.readouterr().err
+    data = "builtin:shapes-scenes?n=8&size=64&seed=1"
+    assert main(["localize", str(run), "--calibrate", data, "--split", "all", "--images", "8", "--method", "fewshot",
+                 "--scales", "1", "--evaluate", data]) == 0
+    out = capsys.readouterr().out
+    assert "saved in" in out and "fewshot" in out and "note: --evaluate scores images" in out
+    assert (run / "fewshot.safetensors").is_file()
+    assert json.loads((run / "localize.json").read_text())["methods"]["fewshot"]["fewshot"]["images"] == 8

@@ -226,3 +226,45 @@ def test_ddt_fits_on_the_run_training_split_keeps_it_and_boxes_the_object(tmp_pa
     arrays = Run(None, {**cfg, "data": {"data": "<arrays>"}}, model=colour_model())
     with pytest.raises(GapvisionError, match="in-memory arrays"):
         Localizer(arrays, method="ddt", calibration=False)
+
+
+def test_fewshot_needs_calibration_then_learns_objectness_from_the_boxes(tmp_path, colour_voc):
+    from gapvision.localize.fewshot import FEWSHOT_FILE, load_objectness
+
+    run = _colour_run(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(GapvisionError, match="--calibrate DATA --method fewshot"):
+        Localizer(run, method="fewshot", calibration=False)
+    entry = calibrate(run, str(colour_voc), split="train", images=6, method="fewshot", scales=(1.0, 2.0))
+    assert (tmp_path / "run" / FEWSHOT_FILE).is_file()
+    assert entry["fewshot"]["images"] == 6 and 0 < entry["fewshot"]["object_share"] < 1
+    obj = load_objectness(run)
+    assert obj.tap is None and obj.weight.shape == (3,)  # a one-layer backbone: its final map alone
+    assert float(obj.weight[0]) > 0 and float(obj.weight[1]) > 0  # red and green squares are the objects
+    loc = Localizer(run)  # the calibrated method, read back from the run directory
+    assert loc.method == "fewshot" and loc.objectness is not None
+    img = square_image(1, (12, 6, 40, 30))
+    (found,) = localize(run, [img], refine="none")
+    assert found["detections"][0]["label"] == "green"
+    assert found["detections"][0]["box"] == pytest.approx([12, 6, 40, 30], abs=2.0)
+    scores = evaluate_localization(run, str(colour_voc), split="val")
+    assert scores["method"] == "fewshot" and scores["calibrated"] and scores["gt_known_loc"] == 1.0
+    assert scores["maxboxacc_v2"] > scores["baseline_center"]["maxboxacc_v2"]
+    (tmp_path / "run" / FEWSHOT_FILE).write_bytes(b"broken")
+    with pytest.raises(GapvisionError, match="damaged"):
+        load_objectness(run)
+
+
+def test_fewshot_cell_labels_and_the_stage_it_taps():
+    torch = pytest.importorskip("torch")
+    from gapvision.localize.fewshot import cell_labels, tap_module, tapped_features
+    from gapvision.models import create_model
+
+    # a 4 x 2 grid over a 40 x 20 image: cell centres at x 5, 15, 25, 35 and y 5, 15
+    inside = cell_labels((40, 20), [(0, 0, 20, 10), (30, 10, 40, 20)], (2, 4))
+    assert inside.tolist() == [[True, True, False, False], [False, False, False, True]]
+    net = create_model("resnet18", head="gap", num_classes=2).eval()
+    assert tap_module(net, 3, 64) == "layer4"  # its input: layer3's 4 x 4 map, pooled onto layer4's 2 x 2
+    feats, desc = tapped_features(net, torch.zeros(2, 3, 64, 64), "layer4")
+    assert feats.shape == (2, 512, 2, 2) and desc.shape == (2, 512 + 256, 2, 2)
+    assert tap_module(create_model("mobilenet_v2", head="gap", num_classes=2).eval(), 3, 64) == "features.14"

@@ -25,4 +25,4 @@ TTA_MODES = ("off", "flip", "crops")
 LIBRARY_CAM_METHODS = {"gradcam++": "GradCAMPlusPlus", "scorecam": "ScoreCAM", "layercam": "LayerCAM",
                        "eigencam": "EigenCAM", "xgradcam": "XGradCAM"}
 #: ddt: the first principal component of the backbone descriptors (localize/ddt.py)
-LOCALIZE_METHODS = ("fcn", "cam", "gradcam", "ddt", *LIBRARY_CAM_METHODS)
+LOCALIZE_METHODS = ("fcn", "cam", "gradcam", "ddt", "fewshot", *LIBRARY_CAM_METHODS)

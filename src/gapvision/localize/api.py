@@ -16,6 +16,9 @@ Methods:
   * ``ddt`` -- like ``cam``, with each class's map the backbone descriptors projected on the first principal
     component of that class's training descriptors (Deep Descriptor Transforming; see :mod:`.ddt`), which covers
     whole objects where class maps mark the parts that tell the classes apart.
+  * ``fewshot`` -- like ``ddt``, with one objectness map learned from the boxes of the calibration images
+    (``--calibrate DATA --method fewshot``; see :mod:`.fewshot`): the best boxes on real photos when a few
+    annotated images exist.
   * ``gradcam++``, ``scorecam``, ``layercam``, ``eigencam``, ``xgradcam`` -- like ``gradcam``, with the maps of
     pytorch-grad-cam (``pip install 'gapvision[cam]'``, see :mod:`.gradcam_lib`).
 
@@ -50,9 +53,9 @@ from .video import is_video, read_frames
 from .wsol import RULES, heat_boxes, unit_range
 
 METHODS = LOCALIZE_METHODS
-DEFAULT_THRESHOLD = {"fcn": "50%", "cam": "50%", "gradcam": "50%", "ddt": "50%", **{m: "50%" for m in LIBRARY_METHODS}}
+DEFAULT_THRESHOLD = {"fcn": "50%", "cam": "50%", "gradcam": "50%", "ddt": "50%", "fewshot": "50%", **{m: "50%" for m in LIBRARY_METHODS}}
 BACKGROUNDS = ("blank", "none")
-DEFAULT_MIN_SCORE = {"fcn": 0.9, "cam": 0.2, "gradcam": 0.2, "ddt": 0.2, **{m: 0.2 for m in LIBRARY_METHODS}}
+DEFAULT_MIN_SCORE = {"fcn": 0.9, "cam": 0.2, "gradcam": 0.2, "ddt": 0.2, "fewshot": 0.2, **{m: 0.2 for m in LIBRARY_METHODS}}
 MULTISCALE_MIN_SCORE = 0.5  # class probability at the training size (multi-scale path, uncalibrated)
 DEFAULT_RULE = "largest"  # box rule of the multi-scale path and the never-empty fallback (uncalibrated)
 #: box refinement: grabcut (localize/refine.py) fits each map box to the object in the image. On the `make demo`
@@ -187,11 +190,15 @@ class Localizer:
         gradients = method not in ("fcn", "cam")  # gradcam, ddt and pytorch-grad-cam's methods: the plain network
         self.fcn = None if gradients else predictor.fcn
         self.net = predictor.net if gradients else None
-        self.ddt = None
+        self.ddt = self.objectness = None  # the descriptor-map methods' fitted statistics
         if method == "ddt":
             from .ddt import descriptor_pca
 
             self.ddt = descriptor_pca(run, self.net, self.device)
+        elif method == "fewshot":
+            from .fewshot import load_objectness
+
+            self.objectness = load_objectness(run)
         self.reference = None
         if method == "fcn" and background == "blank" and not multilabel:
             self.reference = background_reference(self.fcn, self.pre.channels, self.pre.img_size)  # type: ignore[arg-type]
@@ -297,9 +304,10 @@ class Localizer:
             cm = class_maps(self.fcn, x, self.multilabel, self.reference if self.method == "fcn" else None)  # type: ignore
             probs, full, where = self._probs(cm.image_logits), cm.probs if self.method == "fcn" else cm.logits, \
                 (cm.stride, cm.offset)
-        elif self.method == "ddt":
+        elif self.method in ("ddt", "fewshot"):
+            fitted = self.ddt or self.objectness
+            feats, desc = fitted.descriptors(self.net, x)  # type: ignore[union-attr]
             with torch.inference_mode():
-                feats = self.net.features(x)  # type: ignore[union-attr]
                 probs = self._probs(self.net.head(feats))  # type: ignore[union-attr]
         elif chosen is None:
             with torch.inference_mode():
@@ -309,7 +317,7 @@ class Localizer:
         if full is not None:
             maps = full.gather(1, chosen.to(full.device)[:, :, None, None].expand(-1, -1, *full.shape[-2:]))
         elif feats is not None:
-            maps = self.ddt.maps(feats.float(), chosen)  # type: ignore[union-attr]
+            maps = fitted.maps(desc, chosen)  # type: ignore[union-attr]
         else:
             maps, _ = explain(self.net, x, chosen, self.method, self.layer)  # type: ignore[arg-type]
         return probs, chosen, maps, where

@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
     p.add_argument("--method", choices=list(METHODS),
                    help="fcn: exact class maps, all classes in one pass (default, or the calibrated method); cam; "
                    "gradcam; ddt: the backbone descriptors' first principal component over the training images (whole objects, "
-                   "the classifier's class); and through pytorch-grad-cam (pip install 'gapvision[cam]'): " + ", ".join(LIBRARY_METHODS))
+                   "the classifier's class); fewshot: an objectness map learned from the boxes of the --calibrate images "
+                   "(calibrate with --method fewshot first; the best boxes on real photos); and through pytorch-grad-cam (pip install 'gapvision[cam]'): " + ", ".join(LIBRARY_METHODS))
     p.add_argument("--threshold", help="box extent: a fraction of each region's peak (50%%, default), otsu, or a "
                    "probability (fcn) / map value (cam, gradcam) such as 0.7")
     p.add_argument("--min-score", type=float, help="fcn: the probability a class region must reach (default 0.9); "
@@ -101,6 +102,9 @@ def cmd_localize(a: argparse.Namespace) -> None:
               f" (single-box MaxBoxAcc {e['score']:.3f}); saved in {run.path}/localize.json")
         if not a.evaluate:
             return
+        if a.evaluate == a.calibrate:
+            print(f"note: --evaluate scores images of {a.calibrate} that calibration may have seen (one --split for "
+                  "both): for a held-out score run `--calibrate DATA --split train`, then `--evaluate DATA --split val`")
     if a.evaluate:
         m = evaluate_localization(run, a.evaluate, a.out, split=a.split or "all", scale=a.scale, **options)
         print(format_evaluation(m))

@@ -40,6 +40,12 @@ class DescriptorPCA:
     direction: torch.Tensor
     images: int = 0
 
+    def descriptors(self, net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features, descriptors)`` of a batch: both the backbone's final map."""
+        with torch.inference_mode():
+            feats = net.features(x)  # type: ignore[operator]
+        return feats, feats.float()
+
     def maps(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """N x C x h x w feature maps and N x k class indices -> N x k x h x w projections (positive: object)."""
         idx = classes.to(self.mean.device).long()

@@ -212,7 +212,8 @@ def calibrate(run_or_model: Any, data: str, *, split: str = "train", images: int
               batch_size: int = 16, **options: Any) -> dict:
     """Choose the operating point (map threshold, box rule) and presence score on ``images`` annotated images of
     ``data`` (a seeded sample of ``split``; None: all of them) and save them in the run's ``localize.json``
-    (:mod:`.calibrate`). Returns the saved entry."""
+    (:mod:`.calibrate`). ``method="fewshot"`` first learns its objectness map from the same images' boxes
+    (:mod:`.fewshot`, kept in ``RUN_DIR/fewshot.safetensors``). Returns the saved entry."""
     run = as_run(run_or_model)
     imgs = annotated_images(run, data, split)
     if images is not None and len(imgs) > images:
@@ -220,14 +221,24 @@ def calibrate(run_or_model: Any, data: str, *, split: str = "train", images: int
     if len(imgs) == 0:
         raise DataError(f"no annotated images of {data} ({split}) to calibrate on")
     refine = options.pop("refine", None)
+    pictures, boxes = [imgs.load(i) for i in range(len(imgs))], truth_boxes(imgs)
+    fitted = {}
+    if method == "fewshot":  # the objectness is learned from these images' boxes first (every object counts)
+        from .fewshot import fit_objectness, save_objectness
+
+        predictor = run.use_device(options.get("device"))
+        obj = fit_objectness(predictor.net, run.preprocess, pictures, [[b for _, b in objs] for objs in boxes],
+                             tuple(scales or DEFAULT_SCALES), predictor.device, data=str(data))
+        save_objectness(run, obj)
+        fitted = {"fewshot": {**obj.about, "tap": obj.tap, "images": obj.images}}
     loc = Localizer(run, method=method, scales=scales, calibration=False, **options)
     samples, heats = wsol_samples(loc, imgs, scales, batch_size)
     truths = [{int(c) for c, _ in objs} for objs in imgs.boxes]  # type: ignore[union-attr]
-    entry = calibration_entry(samples, heats, truths, tuple(scales or DEFAULT_SCALES), data=str(data), split=split)
+    entry = calibration_entry(samples, heats, truths, tuple(scales or DEFAULT_SCALES), data=str(data), split=split,
+                              **fitted)
     # box refinement: each option's boxes at the chosen operating point, the one with the better AP@0.5 kept
     settings = {k: entry[k] for k in ("threshold", "min_score", "rule", "scales")}
     rest = {k: v for k, v in options.items() if k not in settings}
-    pictures, boxes = [imgs.load(i) for i in range(len(imgs))], truth_boxes(imgs)
     scores = entry["refine_scores"] = {}
     for r in ((refine,) if refine else REFINES):
         found = Localizer(run, method=loc.method, calibration=False, refine=r, **settings, **rest)(

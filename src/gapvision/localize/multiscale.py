@@ -11,7 +11,8 @@ map of the view the classifier knows; the average keeps what both agree on. The 
   with the blank-image reference, a background logit 0): a class's map is low where another class wins;
 * ``gradcam``: Grad-CAM at the Localizer's layer;
 * ``ddt``: the descriptors' projection on the first principal component of the class's training descriptors
-  (see :mod:`.ddt`).
+  (see :mod:`.ddt`);
+* ``fewshot``: the objectness learned from the calibration images' boxes (see :mod:`.fewshot`).
 
 The maps are exact per scale (fcn: spatial mean == logits); only how they become boxes changes.
 """
