@@ -126,9 +126,14 @@ def print_table(rows: list[dict], names: list[str], inits: list[str], epochs: in
             text = " / ".join(f"{x:.3f}" for x in r[key]) if "error" not in r else r["error"]
             return f"**{text}**" if key == "val_acc" and r.get("beats_twice_chance") else text
 
-        start = ", ".join(f"{r['started_as']} {r['lr']:g}" for r in ok)
+        start = ", ".join(f"{r['started_as']} {lr_text(r)}" for r in ok)
         print(f"| {name} | {ok[0]['img_size']} | {start} | {' | '.join(cell(i, 'val_acc') for i in inits)} | "
               f"{' | '.join(cell(i, 'train_acc') for i in inits)} | {ok[0]['seconds_per_epoch']} |")
+
+
+def lr_text(row: dict) -> str:
+    """The lr of a row: ``BACKBONE:HEAD`` where the backbone had its own (the --lr syntax), else the one lr."""
+    return f"{row['backbone_lr']:g}:{row['lr']:g}" if row.get("backbone_lr") is not None else f"{row['lr']:g}"
 
 
 def train_one(gv, config_error: type, name: str, init: str, epochs: int | None, tmp: Path,
@@ -153,7 +158,8 @@ def train_one(gv, config_error: type, name: str, init: str, epochs: int | None, 
            "val_acc": accs, "train_acc": [round(r["train_acc"], 4) for r in run.history],
            "seconds_per_epoch": round(sum(r["seconds"] for r in run.history) / len(run.history), 1),
            "wall_seconds": round(wall, 1), "beats_twice_chance": accs[-1] > 0.5,
-           "lr": run.config["train"]["lr"], "batch_size": run.config["train"]["batch_size"],
+           "lr": run.config["train"]["lr"], "backbone_lr": run.config["train"]["backbone_lr"],
+           "batch_size": run.config["train"]["batch_size"],
            "epochs": run.config["train"]["epochs"], "warnings": run.metrics.get("warnings", [])}
     if size != 64:
         row["note"] = f"smallest accepted input {size} px"

@@ -68,7 +68,7 @@ def demo_run(a: argparse.Namespace) -> Path:
 
 
 def measure(run: Path, data: str, split: str, calib_data: str, calib_split: str, images: int,
-            methods: tuple[str, ...] = METHODS) -> dict:
+            methods: tuple[str, ...] = METHODS, seed: int = 0) -> dict:
     """Per method: uncalibrated, then calibrated (on a scratch copy of the run, so the run itself is untouched)."""
     scratch = run.parent / f".{run.name}-bench"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -79,7 +79,7 @@ def measure(run: Path, data: str, split: str, calib_data: str, calib_split: str,
             t = time.perf_counter()
             before = None if method in LEARNED else evaluate_localization(str(scratch), data, split=split,
                                                                           method=method, calibration=False)
-            entry = calibrate(str(scratch), calib_data, split=calib_split, images=images, method=method)
+            entry = calibrate(str(scratch), calib_data, split=calib_split, images=images, method=method, seed=seed)
             after = evaluate_localization(str(scratch), data, split=split, method=method)
             rows[method] = {"uncalibrated": before, "calibration": entry, "calibrated": after,
                             "seconds": round(time.perf_counter() - t, 1)}
@@ -123,21 +123,24 @@ def main() -> None:
     p.add_argument("--explicit-train", action="store_true",
                    help="train boxes-dev with the earlier explicit command (freeze bn, 5 epochs) instead of the "
                         "transfer recipe")
+    p.add_argument("--methods", help="comma-separated methods instead of " + ",".join(METHODS))
+    p.add_argument("--calibration-seed", type=int, default=0, help="seed of the calibration images' sample")
     a = p.parse_args()
-    methods = METHODS + (LIBRARY if a.library_methods else ())
+    methods = tuple(a.methods.split(",")) if a.methods else METHODS + (LIBRARY if a.library_methods else ())
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
     result: dict = {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path = ROOT / "bench" / "results" / f"localize_quality-{time.strftime('%Y%m%d-%H%M')}.json"
+    path = ROOT / "bench" / "results" / f"localize_quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
     if a.part in ("all", "boxes"):
         if not BOXES.is_dir():
             raise SystemExit(f"{BOXES} not found (set GAPVISION_SHARED)")
         run = boxes_run(a)
         print(f"boxes-dev, run {run}: calibrate on {a.calibrate_images} train images, evaluate on the val split")
-        result["boxes_dev"] = {"run": str(run), **measure(run, str(BOXES), "val", str(BOXES), "train",
-                                                           a.calibrate_images, methods)}
+        result["boxes_dev"] = {"run": str(run), "calibration_seed": a.calibration_seed,
+                               **measure(run, str(BOXES), "val", str(BOXES), "train", a.calibrate_images, methods,
+                                         a.calibration_seed)}
         print(table(result["boxes_dev"]))
         atomic.write_json(path, result)  # each part is kept as soon as it is measured
     if a.part in ("all", "scenes"):

@@ -310,6 +310,30 @@ def test_deep_networks_without_normalisation_and_grouped_ones_get_their_plain_lr
     assert not tuned["grouped_norm"]  # measured from scratch: fine-tuning keeps TrainConfig's lr
 
 
+def test_grouped_networks_without_residual_branches_to_zero_get_a_faster_backbone_and_a_slower_head():
+    """ShuffleNetV2 (concatenations) and ConvNeXt (branches ending in a layer-scaled linear layer) have no residual
+    branch that ends in a normalisation layer; the other grouped networks do (zero_init_residual starts them as the
+    identity). Only the first two get PLAIN_GROUPED_NO_RESIDUAL_LR for the backbone and its head lr."""
+    from gapvision.train import recipes
+    from gapvision.train.pipeline import input_defaults
+
+    names = ("shufflenet_v2_x1_0", "convnext_tiny", "mobilenet_v2", "mobilenet_v3_small", "mnasnet1_0",
+             "regnet_y_400mf", "efficientnet_b0", "resnet18")
+    traits = {m: input_defaults({"model": m})[2] for m in names}
+    assert [m for m in names if traits[m]["grouped_no_residual"]] == ["shufflenet_v2_x1_0", "convnext_tiny"]
+    assert all(traits[m]["grouped_norm"] for m in names[:-1])
+    assert not input_defaults({"model": "shufflenet_v2_x1_0", "weights": "w.pth", "recipe": "none"})[2][
+        "grouped_no_residual"]
+    options, note = recipes.apply_recipe({"model": "shufflenet_v2_x1_0"}, img_size=64, n_train=1600,
+                                         **{k: v for k, v in traits["shufflenet_v2_x1_0"].items()})
+    assert options["lr"] == recipes.PLAIN_GROUPED_NO_RESIDUAL_HEAD_LR
+    assert options["backbone_lr"] == recipes.PLAIN_GROUPED_NO_RESIDUAL_LR
+    assert {"lr", "backbone_lr"} <= set(note["from_defaults"])
+    options, _ = recipes.apply_recipe({"model": "mobilenet_v2"}, img_size=64, n_train=1600,
+                                      **{k: v for k, v in traits["mobilenet_v2"].items()})
+    assert options["lr"] == recipes.PLAIN_GROUPED_LR and "backbone_lr" not in options
+
+
 def test_reading_the_models_input_defaults_leaves_the_random_state_alone():
     torch.manual_seed(0)
     a = create_model("fastnet_s", "gap", 4, img_size=32)

@@ -64,7 +64,9 @@ def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[s
     """The user's ``options`` with the input settings that follow from the model, the largest input size to take
     from the data, and what the plain defaults need to know of the network (``bf16``: bf16 autocast is fast for it
     here; ``deep_no_norm``: it has more than PLAIN_DEEP_NO_NORM_CONVS convolutions larger than 1 x 1 and no
-    normalisation layers; ``grouped_norm``: it has grouped convolutions and normalisation layers; both only from
+    normalisation layers; ``grouped_norm``: it has grouped convolutions and normalisation layers;
+    ``grouped_no_residual``: that, and no residual branch ends in a normalisation layer (models/residual_init.py's
+    :func:`~gapvision.models.residual_init.residual_branch_norms` on one forward pass of zeros); all only from
     scratch):
     for pretrained weights under the transfer recipe, the backbone's native size and the normalisation its weights
     expect (unless set); otherwise at most the native size of the model (gapcnn when none is named). The backbone
@@ -82,6 +84,7 @@ def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[s
     traits = {"bf16": not grouped and native_bf16(str(options.get("device") or "auto")),
               "deep_no_norm": scratch and not normalised and spatial > PLAIN_DEEP_NO_NORM_CONVS,
               "grouped_norm": scratch and grouped and normalised}
+    traits["grouped_no_residual"] = traits["grouped_norm"] and not has_residual_norms(backbone)
     size = backbone.native_size
     if choose_recipe(options, img_size=0) == "transfer":
         filled = {"img_size": size, "normalize": backbone.tv_normalize}
@@ -175,6 +178,7 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
         pre = pretrained_preprocess(pre, user.get("model"), user)
     options, recipe = apply_recipe(filled, img_size=pre.img_size, n_train=len(splits.train), bf16=traits["bf16"],
                                    deep_no_norm=traits["deep_no_norm"], grouped_norm=traits["grouped_norm"],
+                                   grouped_no_residual=traits["grouped_no_residual"],
                                    base={"batch_size": TrainConfig.batch_size, "epochs": TrainConfig.epochs})
     dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
     say = (lambda s: None) if tcfg.quiet else print
@@ -247,6 +251,21 @@ def initialise(net: Classifier, mopts: ModelOptions, splits: DataSplits, pre: Pr
         data_dependent_init(net.backbone, x)
         done.append("data")
     return "+".join(done) or "default"
+
+
+def has_residual_norms(backbone: nn.Module, size: int = 64) -> bool:
+    """Whether some residual branch of ``backbone`` ends in a normalisation layer, found on one forward pass of zeros
+    at ``size`` px, or at the backbone's native size if it refuses that (the structure does not depend on the pixels;
+    zeros leave the random state alone). True, as the safe answer (the grouped lr rule), if it refuses both."""
+    from ..models.residual_init import residual_branch_norms
+
+    channels = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
+    for s in dict.fromkeys((size, getattr(backbone, "native_size", None) or size)):
+        try:
+            return bool(residual_branch_norms(backbone, torch.zeros(2, channels, s, s)))
+        except (RuntimeError, ValueError, AssertionError):  # an input size this backbone does not take
+            continue
+    return True
 
 
 def has_normalization(module: nn.Module) -> bool:
