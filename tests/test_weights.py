@@ -113,6 +113,7 @@ def test_new_head_is_kept_and_reported(tmp_path):
     ("mobilenet_v2", "gap", {}),
     ("googlenet", "gap", {"aux_logits": False, "init_weights": False}),
     ("squeezenet1_1", "conv", {}),  # classifier.1 is a 1x1 conv followed by ReLU and averaging
+    ("convnext_tiny", "gap", {}),  # pool, then LayerNorm2d: the backbone's ImageLayerNorm2d with the gap head
 ])
 def test_torchvision_layout_reproduces_torchvision_logits(tmp_path, name, head, kwargs):
     tv, path = torchvision_file(tmp_path, name, **kwargs)

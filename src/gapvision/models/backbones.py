@@ -260,6 +260,32 @@ _INCEPTION: tuple[Part, ...] = (
 )
 
 
+class ImageLayerNorm2d(nn.LayerNorm):
+    """A LayerNorm over the channels whose statistics are those of the image's spatially averaged feature vector:
+    every location ``f`` becomes ``(f - mean(v)) / sqrt(var(v) + eps) * weight + bias`` with ``v`` the mean of the map.
+
+    The spatial mean of the result is the LayerNorm of the pooled vector, so a global-average head on it gives the
+    logits of torchvision's ConvNeXt (pool, then LayerNorm2d, then Linear) exactly, while the map stays a map whose
+    class maps average to the logits (localize's exact FCN). A LayerNorm subclass: same parameters and keys."""
+
+    @classmethod
+    def like(cls, norm: nn.Module) -> "ImageLayerNorm2d":
+        """A new layer with ``norm``'s shape, eps and affine parameters."""
+        out = cls(norm.normalized_shape, eps=norm.eps, elementwise_affine=norm.elementwise_affine)  # type: ignore[arg-type]
+        if norm.elementwise_affine:
+            out.load_state_dict(norm.state_dict())
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x.mean(dim=(2, 3), keepdim=True)  # N x C x 1 x 1
+        mean = v.mean(dim=1, keepdim=True)
+        var = v.var(dim=1, keepdim=True, unbiased=False)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight[:, None, None] + self.bias[:, None, None]
+        return y
+
+
 def _spec(parts: Sequence[Part], head: str | None, width_from: str, **extra) -> dict:
     """``head``: the source classifier layer (mappable onto a gapvision head) or None; ``width_from``: a layer whose
     input width is the feature map's channel count."""
@@ -275,9 +301,10 @@ _TORCHVISION: dict[str, dict] = {
     "mobilenet_v3_small": _spec(("features",), None, "classifier.0"),  # 2-layer MLP classifier: not mappable
     "mobilenet_v3_large": _spec(("features",), None, "classifier.0"),
     "efficientnet_b0": _spec(("features",), "classifier.1", "classifier.1"),
-    # ConvNeXt's classifier starts with a LayerNorm2d; it is per-location, so it stays in the backbone as ``norm``.
+    # ConvNeXt's classifier starts with a LayerNorm2d of the pooled features; it stays in the backbone as ``norm``,
+    # an ImageLayerNorm2d (each location normalised with the pooled vector's statistics): gap == torchvision's logits.
     "convnext_tiny": _spec(
-        ("features", ("norm", lambda m: m.classifier[0])), "classifier.2", "classifier.2",
+        ("features", ("norm", lambda m: ImageLayerNorm2d.like(m.classifier[0]))), "classifier.2", "classifier.2",
         tv_rename={"classifier.0": "norm"},
     ),
     "densenet121": _spec(("features", ("relu", lambda m: nn.ReLU(inplace=False))), "classifier", "classifier"),
