@@ -42,6 +42,8 @@ def test_backbone_is_timms_forward_features(name):
         feats = ref.forward_features(x)
         if feats.shape[-1] == net.backbone.out_channels and feats.shape[1] != net.backbone.out_channels:
             feats = feats.permute(0, 3, 1, 2)  # NHWC
+        if name in ("test_convnext", "test_mambaout"):  # timm's LayerNorm of the pooled features stays, on the map
+            feats = net.backbone.head["norm"](feats)  # (ImageLayerNorm2d: the same once pooled)
         torch.testing.assert_close(net.backbone(x), feats)
         assert net(x).shape == (2, 4)
     assert net.backbone.name == f"timm:{name}" and net.backbone.stride == 32
@@ -52,9 +54,11 @@ def test_backbone_is_timms_forward_features(name):
     assert unused == []
 
 
-@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet"])
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_convnext"])
 def test_timm_state_dict_through_weights_gives_timms_logits(name, tmp_path):
-    """A timm checkpoint (timm's keys, its classifier on pooled features) loads into a gap head: same logits."""
+    """A timm checkpoint (timm's keys, its classifier on pooled features) loads into a gap head: same logits. Its
+    ``head.*`` keys (ConvNeXt: head.norm, head.fc) do not make it look like gapvision's own layout, and ConvNeXt's
+    LayerNorm of the pooled features is kept."""
     ref = timm_model(name, 5, seed=1)
     path = tmp_path / f"{name}.pth"
     torch.save(ref.state_dict(), path)

@@ -7,8 +7,9 @@ The model is created offline (``pretrained=False``), its classifier is removed (
 head sits on ``forward_features``. The backbone registers the timm model's own children, so its state-dict keys are
 timm's (``conv1.0.weight``, ``layer1.0.conv1.weight``...): a timm checkpoint loads with ``--weights FILE`` like a
 torchvision one, and timm's classifier (``fc``, ``classifier``, ``head.fc``) goes to our head when it sits directly on
-the pooled features. Modules that ``forward_features`` never calls (timm's ``forward_head`` part: ``conv_head``,
-``head.norm``...) are dropped. The preprocessing the pretrained weights expect (mean, std, input size,
+the pooled features. Modules that ``forward_features`` never calls (timm's ``forward_head`` part: ``conv_head``...)
+are dropped, except the LayerNorm of the pooled features (``head.norm``: ConvNeXt...), which stays, under its own key,
+as an ImageLayerNorm2d on the map (so a checkpoint's logits are timm's for the gap head). The preprocessing the pretrained weights expect (mean, std, input size,
 interpolation, crop) comes from the model's pretrained config (:func:`data_config`).
 """
 from __future__ import annotations
@@ -41,8 +42,10 @@ class TimmBackbone(Backbone):
     """
 
     def __init__(self, name: str, model: nn.Module, used: Iterable[str], tv_head: tuple[str, ...],
-                 data_config: Mapping[str, Any]):
+                 data_config: Mapping[str, Any], head_norm: nn.Module | None = None):
         parts = {k: m for k, m in model.named_children() if k in set(used)}
+        if head_norm is not None:  # timm's pooled-feature norm, kept under its own key (head.norm.*)
+            parts["head"] = nn.ModuleDict({"norm": head_norm})
         info = getattr(model, "feature_info", None) or [{}]
         stride = int(info[-1].get("reduction", 32)) if isinstance(info[-1], Mapping) else 32
         super().__init__(name, parts, out_channels=int(model.num_features), stride=stride, tv_head=tv_head)
@@ -67,6 +70,8 @@ class TimmBackbone(Backbone):
             f = self._token_map(f, tuple(x.shape[-2:]))
         if f.dim() != 4:
             raise ConfigError(f"timm model {self.name!r} gives {f.dim()}-d features, not a C x h x w map")
+        if isinstance(getattr(self, "head", None), nn.ModuleDict):
+            f = self.head["norm"](f)
         return f
 
     def _token_map(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -117,12 +122,27 @@ def timm_backbone(model_name: str, in_channels: int = 3) -> TimmBackbone:
     width = int(model.num_features)
     mappable = isinstance(classifier, nn.Linear) and classifier.in_features == width and bool(clf_key)
     config = data_config(model_name)
+    head_norm = _pooled_norm(model, width)
     model.reset_classifier(0, "")
     used = _called_children(model, in_channels, config)
+    if "head" in used:
+        head_norm = None
     for key, child in list(model.named_children()):
         if key not in used:
             setattr(model, key, nn.Identity())  # never called by forward_features: dropped from the backbone
-    return TimmBackbone(f"{PREFIX}:{model_name}", model, used, (clf_key,) if mappable else (), config)
+    return TimmBackbone(f"{PREFIX}:{model_name}", model, used, (clf_key,) if mappable else (), config, head_norm)
+
+
+def _pooled_norm(model: nn.Module, width: int) -> nn.Module | None:
+    """timm's LayerNorm of the pooled features (``head.norm`` of its NormMlpClassifierHead: ConvNeXt, ...) as an
+    :class:`~.backbones.ImageLayerNorm2d` on the map (the pooled result is the same, the class maps stay exact);
+    None when the model has no such norm."""
+    norm = getattr(getattr(model, "head", None), "norm", None)
+    if isinstance(norm, nn.LayerNorm) and tuple(norm.normalized_shape) == (width,):
+        from .backbones import ImageLayerNorm2d
+
+        return ImageLayerNorm2d.like(norm)
+    return None
 
 
 def _called_children(model: nn.Module, in_channels: int, config: Mapping[str, Any]) -> set[str]:

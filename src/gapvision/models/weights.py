@@ -201,7 +201,7 @@ def load_weights(model: "Classifier", source: str) -> LoadReport:
 
 def _model_keys(state: Mapping[str, torch.Tensor], model: "Classifier") -> dict[str, str]:
     """Source key -> model key, for the gapvision or the torchvision/original layout."""
-    if any(k.startswith(("backbone.", "head.")) for k in state):
+    if any(k.startswith("backbone.") for k in state):  # not "head.": timm's own layout has head.* modules too
         return {k: k for k in state}
     backbone = model.backbone
     head_layer = _head_layer_key(model)
