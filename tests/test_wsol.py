@@ -250,6 +250,13 @@ def test_fewshot_needs_calibration_then_learns_objectness_from_the_boxes(tmp_pat
     scores = evaluate_localization(run, str(colour_voc), split="val")
     assert scores["method"] == "fewshot" and scores["calibrated"] and scores["gt_known_loc"] == 1.0
     assert scores["maxboxacc_v2"] > scores["baseline_center"]["maxboxacc_v2"]
+    from gapvision.export import metadata
+    from gapvision.localize import to_fcn
+
+    assert "localize" not in metadata(run, to_fcn(run.model), fcn=True)  # its maps are not the exported class maps
+    cam = calibrate(run, str(colour_voc), split="train", images=4, method="cam", scales=(1.0,))
+    assert json.loads(metadata(run, to_fcn(run.model), fcn=True)["localize"]) == {
+        "format_version": 1, "method": "cam", "methods": {"cam": cam}}
     (tmp_path / "run" / FEWSHOT_FILE).write_bytes(b"broken")
     with pytest.raises(GapvisionError, match="damaged"):
         load_objectness(run)

@@ -38,6 +38,8 @@ from .runs import Run, load_run, to_pil
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
 EXPORTERS = ("auto", "dynamo", "legacy")
 TS_METADATA = "gapvision.json"
+#: localize methods whose maps the FCN export's class maps are (their calibration goes into its metadata)
+FCN_MAP_METHODS = ("fcn", "cam")
 PARITY_ATOL = 1e-4
 OPSET = 17  # the legacy exporter's opset; the dynamo exporter picks its own (currently 20)
 
@@ -116,8 +118,12 @@ def metadata(run: Run, net: nn.Module, fcn: bool) -> dict[str, str]:
         from .localize.calibrate import read_calibration
 
         saved = read_calibration(run)
-        if saved is not None:  # the operating point chosen by `gapvision localize RUN --calibrate DATA`
-            meta["localize"] = json.dumps(saved)
+        # the operating points chosen by `gapvision localize RUN --calibrate DATA` for the methods whose maps are
+        # these class maps (fcn: their softmax, cam: the logit maps); gradcam, ddt, fewshot... need the network
+        usable = {k: v for k, v in (saved or {}).get("methods", {}).items() if k in FCN_MAP_METHODS}
+        if usable:
+            method = saved["method"] if saved["method"] in usable else next(iter(usable))  # type: ignore[index]
+            meta["localize"] = json.dumps({**saved, "method": method, "methods": usable})
     else:
         meta["output_description"] = "N x K logits (softmax over K gives class probabilities)"
     return meta
