@@ -275,3 +275,15 @@ def test_fewshot_cell_labels_and_the_stage_it_taps():
     feats, desc = tapped_features(net, torch.zeros(2, 3, 64, 64), "layer4")
     assert feats.shape == (2, 512, 2, 2) and desc.shape == (2, 512 + 256, 2, 2)
     assert tap_module(create_model("mobilenet_v2", head="gap", num_classes=2).eval(), 3, 64) == "features.14"
+
+
+def test_presence_score_is_the_middle_of_the_scores_that_tie():
+    from gapvision.localize.calibrate import choose_presence
+    from gapvision.localize.multiscale import ClassHeat
+
+    # one class per image; the runner-up reaches 0.3 at most, a second true class is at 0.6
+    heats = [ClassHeat(np.array(p), {}, (8, 8)) for p in ([0.7, 0.3], [0.8, 0.2], [0.4, 0.6])]
+    assert choose_presence(heats, [{0}, {0}, {1}], grid=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]) == 0.6
+    # a scene with both classes (0.45 and 0.55) makes 0.4 the one best score: no tie, no middle to take
+    both = heats + [ClassHeat(np.array([0.45, 0.55]), {}, (8, 8))]
+    assert choose_presence(both, [{0}, {0}, {1}, {0, 1}], grid=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]) == 0.4

@@ -2,7 +2,8 @@
 
 The WSOL protocol's small fully-annotated validation set (Choe et al. 2020): on those images the map threshold
 and the box rule that maximise the single-box form of MaxBoxAccV2 (:func:`.wsol.choose_operating_point`) and the
-presence score that maximises presence F1 are chosen and written to ``RUN_DIR/localize.json`` (atomically)::
+presence score that maximises presence F1 (the middle of tied scores) are chosen and written to
+``RUN_DIR/localize.json`` (atomically)::
 
     {"format_version": 1, "method": "cam", "methods": {"cam": {"threshold": 0.3, "rule": "largest",
      "scales": [1.0, 1.5, 2.0], "min_score": 0.5, "score": 0.81, "images": 20, "data": "...", "split": "train",
@@ -60,18 +61,20 @@ def calibrated(run: Run, method: str | None = None) -> tuple[str, dict] | None:
 
 def choose_presence(heats: Sequence[ClassHeat], truths: Sequence[set[int]], grid: Sequence[float] = PRESENCE_GRID
                     ) -> float:
-    """The lowest class probability that maximises presence F1 (predicted: the top-1 class and every class at
-    or above the score) over the images."""
-    best = (-1.0, 0.5)
+    """The class probability that maximises presence F1 (predicted: the top-1 class and every class at or above
+    the score) over the images; of several that tie, the middle one (the widest margin on both sides: on images
+    with one class each, every score above the largest runner-up probability ties, and the lowest of them would
+    admit the next image's runner-up)."""
+    scores = []
     for s in grid:
         tp = fp = fn = 0
         for h, truth in zip(heats, truths):
             pred = {h.top} | {int(k) for k in np.flatnonzero(h.probs >= s)}
             tp, fp, fn = tp + len(pred & truth), fp + len(pred - truth), fn + len(truth - pred)
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-        if f1 > best[0] + 1e-12:
-            best = (f1, float(s))
-    return best[1]
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    best = max(scores)
+    ties = [float(s) for s, f1 in zip(grid, scores) if f1 >= best - 1e-12]
+    return ties[(len(ties) - 1) // 2]
 
 
 def calibration_entry(samples: Sequence[Sample], heats: Sequence[ClassHeat], truths: Sequence[set[int]],
