@@ -287,3 +287,14 @@ def test_presence_score_is_the_middle_of_the_scores_that_tie():
     # a scene with both classes (0.45 and 0.55) makes 0.4 the one best score: no tie, no middle to take
     both = heats + [ClassHeat(np.array([0.45, 0.55]), {}, (8, 8))]
     assert choose_presence(both, [{0}, {0}, {1}, {0, 1}], grid=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]) == 0.4
+
+
+def test_a_class_agnostic_map_boxes_a_region_once():
+    from gapvision.localize.api import CLASS_AGNOSTIC
+    from gapvision.localize.boxes import Detection, nms_per_class
+
+    dets = [Detection(0, "red", 0.6, (0, 0, 10, 10)), Detection(1, "green", 0.3, (0, 0, 10, 10)),
+            Detection(1, "green", 0.5, (20, 20, 30, 30))]
+    assert [d.score for d in nms_per_class(dets)] == [0.6, 0.5, 0.3]  # per class: all three stay
+    assert [(d.label, d.score) for d in nms_per_class(dets, across_classes=True)] == [("red", 0.6), ("green", 0.5)]
+    assert "fewshot" in CLASS_AGNOSTIC and "fcn" not in CLASS_AGNOSTIC

@@ -56,6 +56,9 @@ METHODS = LOCALIZE_METHODS
 DEFAULT_THRESHOLD = {"fcn": "50%", "cam": "50%", "gradcam": "50%", "ddt": "50%", "fewshot": "50%", **{m: "50%" for m in LIBRARY_METHODS}}
 BACKGROUNDS = ("blank", "none")
 DEFAULT_MIN_SCORE = {"fcn": 0.9, "cam": 0.2, "gradcam": 0.2, "ddt": 0.2, "fewshot": 0.2, **{m: 0.2 for m in LIBRARY_METHODS}}
+#: methods whose map is the same for every class: a box of a less probable class on the same region is dropped
+#: (non-maximum suppression across classes)
+CLASS_AGNOSTIC = ("fewshot",)
 MULTISCALE_MIN_SCORE = 0.5  # class probability at the training size (multi-scale path, uncalibrated)
 DEFAULT_RULE = "largest"  # box rule of the multi-scale path and the never-empty fallback (uncalibrated)
 #: box refinement: grabcut (localize/refine.py) fits each map box to the object in the image. On the `make demo`
@@ -252,7 +255,7 @@ class Localizer:
             if self.refine == "grabcut":
                 regions = refine_regions(t.permute(1, 2, 0).numpy(), f.heat, regions)
             dets = [Detection(k, self._label(k), score, _rescale(box, sx, sy, size)) for k, score, box in regions]
-            dets = nms_per_class(dets, self.nms_iou)
+            dets = nms_per_class(dets, self.nms_iou, self.method in CLASS_AGNOSTIC)
             ranked = rank_classes(dets, self.topk)
             keep = {c["class_index"] for c in ranked}
             dets = [d for d in dets if d.class_index in keep]
@@ -571,7 +574,7 @@ def localize_multiscale(loc: "Localizer", images: Sequence[Any], names: Sequence
             if loc.refine == "grabcut":
                 regions = refine_on_image(pil, h.heat, regions)
             dets = [Detection(k, loc._label(k), s, b) for k, s, b in regions]
-            dets = nms_per_class(dets, loc.nms_iou)
+            dets = nms_per_class(dets, loc.nms_iou, loc.method in CLASS_AGNOSTIC)
             grid = next(iter(h.heat.values())).shape
             results.append(Localization(name, h.size, (grid[1], grid[0]), round(h.size[0] / grid[1], 4),
                                         rank_classes(dets, loc.topk), dets, dict(h.heat)))

@@ -134,13 +134,14 @@ def region_boxes(mask: np.ndarray, score_map: np.ndarray, extent_map: np.ndarray
     return sorted(out, key=lambda t: -t[0])
 
 
-def nms_per_class(dets: Sequence[Detection], iou: float = 0.5) -> list[Detection]:
-    """Non-maximum suppression within each class (torchvision.ops.batched_nms); result sorted by score."""
+def nms_per_class(dets: Sequence[Detection], iou: float = 0.5, across_classes: bool = False) -> list[Detection]:
+    """Non-maximum suppression within each class (torchvision.ops.batched_nms; ``across_classes``: over all boxes
+    whatever their class, for maps that are the same for every class); result sorted by score."""
     if not dets:
         return []
     boxes = torch.tensor([d.box for d in dets], dtype=torch.float32)
     scores = torch.tensor([d.score for d in dets], dtype=torch.float32)
-    idx = torch.tensor([d.class_index for d in dets], dtype=torch.int64)
+    idx = torch.tensor([0 if across_classes else d.class_index for d in dets], dtype=torch.int64)
     keep = batched_nms(boxes, scores, idx, iou)
     return [dets[int(i)] for i in keep]
 
