@@ -3,6 +3,7 @@
     python bench/localize_quality.py                       # both parts, training what is missing into --work
     python bench/localize_quality.py --boxes-run RUN       # boxes-dev with a run trained on boxes-dev/images
     python bench/localize_quality.py --part scenes --demo-run runs/demo
+    python bench/localize_quality.py --part boxes --methods fewshot,ddt --calibration-seed 1   # another calibration sample
 
 * **boxes-dev** (``../shared/data/boxes-dev``, VOC boxes): a GAP MobileNetV2 fine-tuned on ``boxes-dev/images``
   (``--boxes-run``, or trained here with :data:`BOXES_TRAIN`); its seeded validation split is the held-out set
