@@ -421,7 +421,8 @@ def test_cli_calibrate_then_evaluate_prints_the_baselines(shapes_run, tmp_path, 
     shutil.copytree(shapes_run, run)
     assert main(["localize", str(run), "--calibrate", "builtin:shapes-scenes?n=8&size=64&seed=1", "--split", "all",
                  "--images", "8", "--method", "cam", "--scales", "1,2"]) == 0
-    assert "saved in" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "saved in" in out and "tip: on photos of one kind of object, --method fewshot" in out
     saved = json.loads((run / "localize.json").read_text())
     assert saved["method"] == "cam" and saved["methods"]["cam"]["scales"] == [1.0, 2.0]
     assert main(["localize", str(run), "--evaluate", "builtin:shapes-scenes?n=8&size=64", "--out", str(tmp_path)]) == 0
@@ -444,6 +445,6 @@ def test_cli_fewshot_is_fitted_by_calibrate_and_warns_when_evaluated_on_the_same
     assert main(["localize", str(run), "--calibrate", data, "--split", "all", "--images", "8", "--method", "fewshot",
                  "--scales", "1", "--evaluate", data]) == 0
     out = capsys.readouterr().out
-    assert "saved in" in out and "fewshot" in out and "note: --evaluate scores images" in out
+    assert "saved in" in out and "fewshot" in out and "note: --evaluate scores images" in out and "tip:" not in out
     assert (run / "fewshot.safetensors").is_file()
     assert json.loads((run / "localize.json").read_text())["methods"]["fewshot"]["fewshot"]["images"] == 8
