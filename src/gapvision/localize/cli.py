@@ -100,7 +100,7 @@ def cmd_localize(a: argparse.Namespace) -> None:
         print(f"calibrated on {e['images']} images of {a.calibrate} ({e['split']}): threshold {e['threshold']:g}, "
               f"rule {e['rule']}, presence score {e['min_score']:g}, scales {','.join(f'{s:g}' for s in e['scales'])}"
               f" (single-box MaxBoxAcc {e['score']:.3f}); saved in {run.path}/localize.json")
-        if "fewshot" not in e:
+        if a.method != "fewshot":
             print("tip: on photos of one kind of object, --method fewshot learns an objectness map from these same "
                   "boxes and boxes the objects best (README: localisation quality on real photos)")
         if not a.evaluate:

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from .. import atomic
 from ..data.transforms import Preprocess, normalize, to_uint8
 from ..errors import DataError, GapvisionError
 from ..runs import Run, to_pil
+from .multiscale import scaled_view
 
 FEWSHOT_FILE = "fewshot.safetensors"
 #: inverse L2 strength of the logistic regression (scikit-learn's C) on standardised descriptors; on boxes-dev
@@ -147,10 +147,8 @@ def fit_objectness(net: nn.Module, pre: Preprocess, images: Sequence[Any], boxes
     for im, objs in zip(images, boxes):
         pil = to_pil(im)
         base = to_uint8(pil, pre)
-        for s in scales:
-            side = round(pre.img_size * s)
-            x = normalize(TF.resize(base[None], [side, side], antialias=True).to(device), pre)
-            _, d = tapped_features(net, x, tap)
+        for s in scales:  # the views class_heat maps at inference
+            _, d = tapped_features(net, normalize(scaled_view(base[None], s).to(device), pre), tap)
             rows.append(d[0].flatten(1).T.cpu().numpy())
             labels.append(cell_labels(pil.size, objs, tuple(d.shape[-2:])).ravel())
     x_all, y_all = np.concatenate(rows).astype(np.float64), np.concatenate(labels)

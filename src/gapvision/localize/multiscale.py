@@ -99,12 +99,20 @@ def _heat_batch(loc: "Localizer", pils: list, wanted: Sequence[Sequence[int]] | 
     chosen = torch.tensor([n + [n[0]] * (width - len(n)) for n in need])  # N x k, padded with a repeat
     fused = torch.zeros(len(pils), width, *grid)
     for s in scales:
-        size = round(side * s)
-        xs = x if size == side else normalize(TF.resize(base, [size, size], antialias=True).to(loc.device), pre)
+        view = scaled_view(base, s)
+        xs = x if view is base else normalize(view.to(loc.device), pre)
         fused += _scale_maps(loc, xs, chosen, grid)
     fused = normalize_maps(fused).numpy()
     return [ClassHeat(probs[i].numpy(), {k: fused[i, j] for j, k in enumerate(need[i])}, pils[i].size)
             for i in range(len(pils))]
+
+
+def scaled_view(base: torch.Tensor, scale: float) -> torch.Tensor:
+    """The uint8 training views ``base`` (N x C x S x S) resized to ``scale`` x S a side (``base`` itself when
+    that is S): the input of each scale, here and where fewshot learns from the same views."""
+    side = base.shape[-1]
+    size = round(side * scale)
+    return base if size == side else TF.resize(base, [size, size], antialias=True)
 
 
 def _scale_maps(loc: "Localizer", x: torch.Tensor, chosen: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -26,7 +26,7 @@ from torch import nn
 from ..data.transforms import INTERPOLATIONS, Preprocess
 from ..errors import ConfigError
 from ..optional import require
-from .backbones import Backbone, register_backbone_prefix
+from .backbones import Backbone, ImageLayerNorm2d, register_backbone_prefix
 
 PREFIX = "timm"
 
@@ -139,8 +139,6 @@ def _pooled_norm(model: nn.Module, width: int) -> nn.Module | None:
     None when the model has no such norm."""
     norm = getattr(getattr(model, "head", None), "norm", None)
     if isinstance(norm, nn.LayerNorm) and tuple(norm.normalized_shape) == (width,):
-        from .backbones import ImageLayerNorm2d
-
         return ImageLayerNorm2d.like(norm)
     return None
 

@@ -20,6 +20,7 @@ from ..data.imageset import DataSplits
 from ..data.memory import available_memory
 from ..data.transforms import Preprocess
 from ..errors import ConfigError, GapvisionError, Interrupted
+from ..models.backbones import Backbone
 from ..models.classifier import Classifier, ModelConfig, create_model
 from ..models.residual_init import NORMS
 from ..models.timm_backbone import pretrained_preprocess
@@ -253,16 +254,15 @@ def initialise(net: Classifier, mopts: ModelOptions, splits: DataSplits, pre: Pr
     return "+".join(done) or "default"
 
 
-def has_residual_norms(backbone: nn.Module, size: int = 64) -> bool:
+def has_residual_norms(backbone: Backbone, size: int = 64) -> bool:
     """Whether some residual branch of ``backbone`` ends in a normalisation layer, found on one forward pass of zeros
     at ``size`` px, or at the backbone's native size if it refuses that (the structure does not depend on the pixels;
     zeros leave the random state alone). True, as the safe answer (the grouped lr rule), if it refuses both."""
     from ..models.residual_init import residual_branch_norms
 
-    channels = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
-    for s in dict.fromkeys((size, getattr(backbone, "native_size", None) or size)):
+    for s in dict.fromkeys((size, backbone.native_size or size)):
         try:
-            return bool(residual_branch_norms(backbone, torch.zeros(2, channels, s, s)))
+            return bool(residual_branch_norms(backbone, torch.zeros(2, backbone.in_channels, s, s)))
         except (RuntimeError, ValueError, AssertionError):  # an input size this backbone does not take
             continue
     return True
