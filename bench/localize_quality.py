@@ -4,6 +4,7 @@
     python bench/localize_quality.py --boxes-run RUN       # boxes-dev with a run trained on boxes-dev/images
     python bench/localize_quality.py --part scenes --demo-run runs/demo
     python bench/localize_quality.py --part boxes --methods fewshot,ddt --calibration-seed 1   # another calibration sample
+    python bench/localize_quality.py --part boxes --methods fewshot --fewshot-epochs 0     # fewshot's linear probe alone
 
 * **boxes-dev** (``../shared/data/boxes-dev``, VOC boxes): a GAP MobileNetV2 fine-tuned on ``boxes-dev/images``
   (``--boxes-run``, or trained here with :data:`BOXES_TRAIN`); its seeded validation split is the held-out set
@@ -69,7 +70,7 @@ def demo_run(a: argparse.Namespace) -> Path:
 
 
 def measure(run: Path, data: str, split: str, calib_data: str, calib_split: str, images: int,
-            methods: tuple[str, ...] = METHODS, seed: int = 0) -> dict:
+            methods: tuple[str, ...] = METHODS, seed: int = 0, fewshot_epochs: int | None = None) -> dict:
     """Per method: uncalibrated, then calibrated (on a scratch copy of the run, so the run itself is untouched)."""
     scratch = run.parent / f".{run.name}-bench"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -80,7 +81,8 @@ def measure(run: Path, data: str, split: str, calib_data: str, calib_split: str,
             t = time.perf_counter()
             before = None if method in LEARNED else evaluate_localization(str(scratch), data, split=split,
                                                                           method=method, calibration=False)
-            entry = calibrate(str(scratch), calib_data, split=calib_split, images=images, method=method, seed=seed)
+            entry = calibrate(str(scratch), calib_data, split=calib_split, images=images, method=method, seed=seed,
+                              fewshot_epochs=fewshot_epochs)
             after = evaluate_localization(str(scratch), data, split=split, method=method)
             rows[method] = {"uncalibrated": before, "calibration": entry, "calibrated": after,
                             "seconds": round(time.perf_counter() - t, 1)}
@@ -126,6 +128,8 @@ def main() -> None:
                         "transfer recipe")
     p.add_argument("--methods", help="comma-separated methods instead of " + ",".join(METHODS))
     p.add_argument("--calibration-seed", type=int, default=0, help="seed of the calibration images' sample")
+    p.add_argument("--fewshot-epochs", type=int, help="fewshot's fine-tuning passes (default: the library's; 0: the "
+                   "linear probe alone)")
     a = p.parse_args()
     methods = tuple(a.methods.split(",")) if a.methods else METHODS + (LIBRARY if a.library_methods else ())
     if a.threads:
@@ -141,14 +145,14 @@ def main() -> None:
         print(f"boxes-dev, run {run}: calibrate on {a.calibrate_images} train images, evaluate on the val split")
         result["boxes_dev"] = {"run": str(run), "calibration_seed": a.calibration_seed,
                                **measure(run, str(BOXES), "val", str(BOXES), "train", a.calibrate_images, methods,
-                                         a.calibration_seed)}
+                                         a.calibration_seed, a.fewshot_epochs)}
         print(table(result["boxes_dev"]))
         atomic.write_json(path, result)  # each part is kept as soon as it is measured
     if a.part in ("all", "scenes"):
         run = demo_run(a)
         print(f"shapes scenes, run {run}: calibrate on {SCENES_CALIBRATION}, evaluate on {SCENES}")
         result["shapes_scenes"] = {"run": str(run), **measure(run, SCENES, "all", SCENES_CALIBRATION, "all", 40,
-                                                              methods)}
+                                                              methods, fewshot_epochs=a.fewshot_epochs)}
         print(table(result["shapes_scenes"]))
     atomic.write_json(path, result)
     print(f"written to {path.relative_to(ROOT)}")

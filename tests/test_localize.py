@@ -447,4 +447,11 @@ def test_cli_fewshot_is_fitted_by_calibrate_and_warns_when_evaluated_on_the_same
     out = capsys.readouterr().out
     assert "saved in" in out and "fewshot" in out and "note: --evaluate scores images" in out and "tip:" not in out
     assert (run / "fewshot.safetensors").is_file()
-    assert json.loads((run / "localize.json").read_text())["methods"]["fewshot"]["fewshot"]["images"] == 8
+    fitted = json.loads((run / "localize.json").read_text())["methods"]["fewshot"]["fewshot"]
+    assert fitted["images"] == 8 and fitted["fine_tune"]["epochs"] == 4  # the default: the last stage fine-tuned
+    assert main(["localize", str(run), "--calibrate", data, "--split", "all", "--images", "8", "--method", "fewshot",
+                 "--scales", "1", "--fewshot-epochs", "0"]) == 0
+    capsys.readouterr()
+    assert "fine_tune" not in json.loads((run / "localize.json").read_text())["methods"]["fewshot"]["fewshot"]
+    assert main(["localize", str(run), "--calibrate", data, "--method", "fewshot", "--fewshot-epochs", "-1"]) == 2
+    assert "--fewshot-epochs -1" in capsys.readouterr().err

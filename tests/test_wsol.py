@@ -277,6 +277,58 @@ def test_fewshot_cell_labels_and_the_stage_it_taps():
     assert tap_module(create_model("mobilenet_v2", head="gap", num_classes=2).eval(), 3, 64) == "features.14"
 
 
+def test_fewshot_fine_tunes_only_the_tapped_stage_on_a_copy_and_keeps_it_in_the_run(tmp_path):
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    from gapvision.data.transforms import Preprocess, normalize, to_uint8
+    from gapvision.localize.fewshot import (cell_labels, fit_objectness, load_objectness, save_objectness,
+                                            tapped_features)
+    from gapvision.localize.multiscale import scaled_view
+    from gapvision.models import create_model
+    from gapvision.runs import to_pil
+
+    torch.manual_seed(0)
+    net = create_model("resnet18", head="gap", num_classes=2).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    pre = Preprocess(img_size=64)
+    rng = np.random.default_rng(0)
+    images, boxes = [], []
+    for i in range(6):
+        x0, y0 = (int(v) for v in rng.integers(0, 30, 2))
+        images.append(square_image(i % 3, (x0, y0, x0 + 30, y0 + 30), size=(64, 64)))
+        boxes.append([(x0, y0, x0 + 30, y0 + 30)])
+    probe = fit_objectness(net, pre, images, boxes, (1.0, 2.0), torch.device("cpu"), fine_tune_epochs=0)
+    tuned = fit_objectness(net, pre, images, boxes, (1.0, 2.0), torch.device("cpu"), fine_tune_epochs=5, lr=3e-3)
+    assert probe.stage == {} and "fine_tune" not in probe.about and tuned.about["fine_tune"]["epochs"] == 5
+    assert tuned.tap == "layer4" and tuned.stage and all(k.startswith("layer4.") for k in tuned.stage)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the classifier is untouched
+    changed = [k for k, v in tuned.stage.items() if not torch.equal(v, before["backbone." + k])]
+    assert any(".conv" in k for k in changed)
+
+    def loss(obj):  # the per-cell cross-entropy on the fitted views
+        total = 0.0
+        for im, objs in zip(images, boxes):
+            for s in (1.0, 2.0):
+                x = normalize(scaled_view(to_uint8(to_pil(im), pre)[None], s), pre)
+                feats, d = obj.descriptors(net, x)
+                assert torch.equal(feats, tapped_features(net, x, None)[0])  # the class decision: the run's own net
+                m = obj.maps(d, torch.zeros(1, 1, dtype=torch.long))[0, 0]
+                y = torch.from_numpy(cell_labels((64, 64), objs, tuple(m.shape))).float()
+                total += float(F.binary_cross_entropy_with_logits(m, y))
+        return total
+    assert loss(tuned) < 0.8 * loss(probe)
+    run = _colour_run(tmp_path)
+    save_objectness(run, tuned)
+    again = load_objectness(run)
+    assert again.about == tuned.about and set(again.stage) == set(tuned.stage)
+    x = normalize(to_uint8(to_pil(images[0]), pre)[None], pre)
+    assert torch.allclose(again.descriptors(net, x)[1], tuned.descriptors(net, x)[1])
+    other = create_model("mobilenet_v2", head="gap", num_classes=2).eval()
+    with pytest.raises(GapvisionError, match="calibrate --method fewshot again"):
+        again.descriptors(other, torch.zeros(1, 3, 64, 64))
+
+
 def test_presence_score_is_the_middle_of_the_scores_that_tie():
     from gapvision.localize.calibrate import choose_presence
     from gapvision.localize.multiscale import ClassHeat

@@ -55,6 +55,8 @@ def register(sub: Any) -> None:
     p.add_argument("--split", help="with --evaluate/--calibrate: all, or train/val/test as the run split DATA "
                    "(its seeded --val-split); default: all for --evaluate, train for --calibrate")
     p.add_argument("--images", type=int, default=32, help="--calibrate: at most this many images (default 32)")
+    p.add_argument("--fewshot-epochs", type=int, help="--calibrate --method fewshot: passes of fine-tuning the last "
+                   "stage on the calibration boxes (default 4; 0: the linear objectness probe alone)")
     p.add_argument("--scales", help="multi-scale maps: factors of the training size, e.g. 1,1.5,2 (classes decided at "
                    "the training size, extent fused over the scales)")
     p.add_argument("--rule", choices=["all", "largest", "union"], help="multi-scale boxes: one per region (all), the "
@@ -96,7 +98,8 @@ def cmd_localize(a: argparse.Namespace) -> None:
         options["scales"] = parse_scales(a.scales)
     if a.calibrate:
         options.pop("calibration")
-        e = calibrate(run, a.calibrate, split=a.split or "train", images=a.images, **options)
+        e = calibrate(run, a.calibrate, split=a.split or "train", images=a.images, fewshot_epochs=a.fewshot_epochs,
+                      **options)
         print(f"calibrated on {e['images']} images of {a.calibrate} ({e['split']}): threshold {e['threshold']:g}, "
               f"rule {e['rule']}, presence score {e['min_score']:g}, scales {','.join(f'{s:g}' for s in e['scales'])}"
               f" (single-box MaxBoxAcc {e['score']:.3f}); saved in {run.path}/localize.json")

@@ -209,11 +209,14 @@ def evaluate_scenes(run_or_model: Any, data: str = "builtin:shapes-scenes", out:
 
 def calibrate(run_or_model: Any, data: str, *, split: str = "train", images: int | None = 32,
               method: str | None = None, scales: Sequence[float] | None = None, seed: int = 0,
-              batch_size: int = 16, **options: Any) -> dict:
+              batch_size: int = 16, fewshot_epochs: int | None = None, **options: Any) -> dict:
     """Choose the operating point (map threshold, box rule) and presence score on ``images`` annotated images of
     ``data`` (a seeded sample of ``split``; None: all of them) and save them in the run's ``localize.json``
     (:mod:`.calibrate`). ``method="fewshot"`` first learns its objectness map from the same images' boxes
-    (:mod:`.fewshot`, kept in ``RUN_DIR/fewshot.safetensors``). Returns the saved entry."""
+    (:mod:`.fewshot`, kept in ``RUN_DIR/fewshot.safetensors``; ``fewshot_epochs``: its fine-tuning passes, default
+    :data:`~.fewshot.FINE_TUNE_EPOCHS`, 0 for the linear probe alone). Returns the saved entry."""
+    if fewshot_epochs is not None and fewshot_epochs < 0:
+        raise ConfigError(f"--fewshot-epochs {fewshot_epochs}: give 0 (the linear probe alone) or more")
     run = as_run(run_or_model)
     imgs = annotated_images(run, data, split)
     if images is not None and len(imgs) > images:
@@ -224,11 +227,13 @@ def calibrate(run_or_model: Any, data: str, *, split: str = "train", images: int
     pictures, boxes = [imgs.load(i) for i in range(len(imgs))], truth_boxes(imgs)
     fitted = {}
     if method == "fewshot":  # the objectness is learned from these images' boxes first (every object counts)
-        from .fewshot import fit_objectness, save_objectness
+        from .fewshot import FINE_TUNE_EPOCHS, fit_objectness, save_objectness
 
         predictor = run.use_device(options.get("device"))
         obj = fit_objectness(predictor.net, run.preprocess, pictures, [[b for _, b in objs] for objs in boxes],
-                             tuple(scales or DEFAULT_SCALES), predictor.device, data=str(data))
+                             tuple(scales or DEFAULT_SCALES), predictor.device, data=str(data),
+                             fine_tune_epochs=FINE_TUNE_EPOCHS if fewshot_epochs is None else fewshot_epochs,
+                             seed=seed)
         save_objectness(run, obj)
         fitted = {"fewshot": {**obj.about, "tap": obj.tap, "images": obj.images}}
     loc = Localizer(run, method=method, scales=scales, calibration=False, **options)
