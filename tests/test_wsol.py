@@ -213,9 +213,9 @@ def test_ddt_fits_on_the_run_training_split_keeps_it_and_boxes_the_object(tmp_pa
            "seed": 0, "data": {"data": str(colour_voc / "images"), "val_split": 0.5}}
     run = Run(tmp_path / "run", cfg, model=colour_model())
     loc = Localizer(run, method="ddt", calibration=False)
-    assert (tmp_path / "run" / DDT_FILE).is_file() and loc.ddt.images == 6  # the train half of 12 images
+    assert (tmp_path / "run" / DDT_FILE).is_file() and loc.fitted.images == 6  # the train half of 12 images
     again = descriptor_pca(run, loc.net, loc.device)  # read back from the run directory, not fitted again
-    assert again.images == 6 and bool((again.direction == loc.ddt.direction).all())
+    assert again.images == 6 and bool((again.direction == loc.fitted.direction).all())
     img = square_image(0, (10, 8, 30, 28))
     for opts in ({}, {"scales": (1.0, 2.0)}):
         (found,) = localize(run, [img], method="ddt", calibration=False, threshold=0.5, **opts)
@@ -242,7 +242,7 @@ def test_fewshot_needs_calibration_then_learns_objectness_from_the_boxes(tmp_pat
     assert obj.tap is None and obj.weight.shape == (3,)  # a one-layer backbone: its final map alone
     assert float(obj.weight[0]) > 0 and float(obj.weight[1]) > 0  # red and green squares are the objects
     loc = Localizer(run)  # the calibrated method, read back from the run directory
-    assert loc.method == "fewshot" and loc.objectness is not None
+    assert loc.method == "fewshot" and loc.fitted is not None
     img = square_image(1, (12, 6, 40, 30))
     (found,) = localize(run, [img], refine="none")
     assert found["detections"][0]["label"] == "green"

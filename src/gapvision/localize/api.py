@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -67,6 +67,15 @@ DEFAULT_RULE = "largest"  # box rule of the multi-scale path and the never-empty
 DEFAULT_REFINE = "grabcut"
 REFINED_THRESHOLD = "35%"  # the default box extent when boxes are refined
 CONFIDENT = 0.5  # a top-1 class at least this probable always gets a box
+
+
+class DescriptorMaps(Protocol):
+    """What ``ddt`` and ``fewshot`` learned: the backbone's features and per-cell descriptors of a batch, then maps
+    of the chosen classes from the descriptors (:class:`.ddt.DescriptorPCA`, :class:`.fewshot.Objectness`)."""
+
+    def descriptors(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def maps(self, descriptors: torch.Tensor, classes: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -193,15 +202,15 @@ class Localizer:
         gradients = method not in ("fcn", "cam")  # gradcam, ddt and pytorch-grad-cam's methods: the plain network
         self.fcn = None if gradients else predictor.fcn
         self.net = predictor.net if gradients else None
-        self.ddt = self.objectness = None  # the descriptor-map methods' fitted statistics
+        self.fitted: DescriptorMaps | None = None  # ddt / fewshot: what they learned (descriptors -> maps)
         if method == "ddt":
             from .ddt import descriptor_pca
 
-            self.ddt = descriptor_pca(run, self.net, self.device)
+            self.fitted = descriptor_pca(run, self.net, self.device)
         elif method == "fewshot":
             from .fewshot import load_objectness
 
-            self.objectness = load_objectness(run)
+            self.fitted = load_objectness(run)
         self.reference = None
         if method == "fcn" and background == "blank" and not multilabel:
             self.reference = background_reference(self.fcn, self.pre.channels, self.pre.img_size)  # type: ignore[arg-type]
@@ -308,7 +317,7 @@ class Localizer:
             probs, full, where = self._probs(cm.image_logits), cm.probs if self.method == "fcn" else cm.logits, \
                 (cm.stride, cm.offset)
         elif self.method in ("ddt", "fewshot"):
-            fitted = self.ddt or self.objectness
+            fitted = self.fitted
             feats, desc = fitted.descriptors(self.net, x)  # type: ignore[union-attr]
             with torch.inference_mode():
                 probs = self._probs(self.net.head(feats))  # type: ignore[union-attr]

@@ -46,12 +46,12 @@ class DescriptorPCA:
             feats = net.features(x)  # type: ignore[operator]
         return feats, feats.float()
 
-    def maps(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    def maps(self, descriptors: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """N x C x h x w feature maps and N x k class indices -> N x k x h x w projections (positive: object)."""
         idx = classes.to(self.mean.device).long()
-        mean = self.mean[idx].to(features.device, features.dtype)  # N x k x C
-        direction = self.direction[idx].to(features.device, features.dtype)
-        proj = torch.einsum("nchw,nkc->nkhw", features, direction)
+        mean = self.mean[idx].to(descriptors.device, descriptors.dtype)  # N x k x C
+        direction = self.direction[idx].to(descriptors.device, descriptors.dtype)
+        proj = torch.einsum("nchw,nkc->nkhw", descriptors, direction)
         return proj - (mean * direction).sum(dim=-1)[:, :, None, None]
 
 

@@ -143,15 +143,17 @@ def truth_boxes(imgs: ImageSet) -> list[list[Truth]]:
 
 
 def wsol_samples(loc: Localizer, imgs: ImageSet, scales: Sequence[float] | None = None,
-                 batch_size: int = 16) -> tuple[list[Sample], list[ClassHeat]]:
+                 batch_size: int = 16, pictures: Sequence[Any] | None = None) -> tuple[list[Sample], list[ClassHeat]]:
     """One :class:`~.wsol.Sample` per image (its label's fused map and boxes; the predicted class at the training
-    size) and the :class:`~.multiscale.ClassHeat` behind it."""
+    size) and the :class:`~.multiscale.ClassHeat` behind it. ``pictures``: the images already loaded (else each
+    batch is read from ``imgs``)."""
     scales = tuple(scales or loc.scales or DEFAULT_SCALES)
     samples: list[Sample] = []
     heats: list[ClassHeat] = []
     for start in range(0, len(imgs), batch_size):
         idx = list(range(start, min(start + batch_size, len(imgs))))
-        found = class_heat(loc, [imgs.load(i) for i in idx], [[int(imgs.labels[i])] for i in idx], scales)
+        batch = [pictures[i] if pictures is not None else imgs.load(i) for i in idx]
+        found = class_heat(loc, batch, [[int(imgs.labels[i])] for i in idx], scales)
         for i, h in zip(idx, found):
             k = int(imgs.labels[i])
             samples.append(Sample(h.heat[k], k, h.top, [b for c, b in imgs.boxes[i] if c == k], h.size))
@@ -237,7 +239,7 @@ def calibrate(run_or_model: Any, data: str, *, split: str = "train", images: int
         save_objectness(run, obj)
         fitted = {"fewshot": {**obj.about, "tap": obj.tap, "images": obj.images}}
     loc = Localizer(run, method=method, scales=scales, calibration=False, **options)
-    samples, heats = wsol_samples(loc, imgs, scales, batch_size)
+    samples, heats = wsol_samples(loc, imgs, scales, batch_size, pictures)
     truths = [{int(c) for c, _ in objs} for objs in imgs.boxes]  # type: ignore[union-attr]
     entry = calibration_entry(samples, heats, truths, tuple(scales or DEFAULT_SCALES), data=str(data), split=split,
                               **fitted)
