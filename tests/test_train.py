@@ -129,3 +129,25 @@ def test_from_scratch_runs_raise_bn_momentum_and_pretrained_ones_keep_theirs(tmp
     prep = prepare_run(SMALL, {"model": "mobilenet_v3_small", "weights": str(run.path), "quiet": True, **FAST})
     assert prep.net.config.bn_momentum is None  # pretrained: the builder's momenta (0.01 for MobileNetV3)
     assert min(m.momentum for m in prep.net.modules() if isinstance(m, torch.nn.BatchNorm2d)) == 0.01
+
+
+def test_weight_decay_spares_biases_norms_and_per_channel_scales():
+    from torch import nn
+
+    from gapvision.train.config import TrainConfig
+    from gapvision.train.optim import param_groups
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 7, groups=8))
+            self.backbone.layer_scale = nn.Parameter(torch.full((8, 1, 1), 1e-6))  # torchvision ConvNeXt's shape
+            self.head = nn.Linear(8, 4)
+
+    net = Net()
+    groups = param_groups(net, TrainConfig(weight_decay=0.05))
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    spared = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    b = net.backbone
+    assert decayed == {id(b[0].weight), id(b[2].weight), id(net.head.weight)}  # the depthwise 8 x 1 x 7 x 7 too
+    assert id(b.layer_scale) in spared and id(b[1].weight) in spared and id(net.head.bias) in spared

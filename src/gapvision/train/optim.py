@@ -1,7 +1,8 @@
 """Optimisers and learning-rate schedules (a schedule is a pure function of the step, so resuming is exact).
 
 Parameters fall into groups by part (``backbone``/``head``, each with its own base lr: discriminative learning rates)
-and by weight decay (none on biases and normalisation parameters). With ``freeze_epochs`` training has two phases,
+and by weight decay (none on biases, normalisation parameters and per-channel scales such as ConvNeXt's layer
+scale: tensors with at most one dimension larger than 1). With ``freeze_epochs`` training has two phases,
 the head alone and then everything; each phase has its own optimiser and its own run of the schedule.
 """
 from __future__ import annotations
@@ -28,15 +29,21 @@ def param_groups(net: nn.Module, cfg: TrainConfig, phase: str = FULL_PHASE) -> l
         seen.update(id(p) for p in params)
         lr = cfg.lr_of("freeze" if phase == HEAD_PHASE else part)
         for decay in (True, False):
-            chosen = [p for p in params if (p.ndim > 1) == decay]
+            chosen = [p for p in params if decays(p) == decay]
             if chosen:
                 groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": lr,
                                "base_lr": lr, "part": part})
     return groups
 
 
+def decays(p: torch.Tensor) -> bool:
+    """Whether weight decay applies to ``p``: a weight matrix or kernel (at least two dimensions larger than 1), not a
+    bias, normalisation parameter or per-channel scale (torchvision's C x 1 x 1 ConvNeXt layer scale included)."""
+    return sum(n > 1 for n in p.shape) > 1
+
+
 def build_optimizer(net: nn.Module, cfg: TrainConfig, phase: str = FULL_PHASE) -> torch.optim.Optimizer:
-    """The optimiser of ``phase`` over the parameters that train in it; no weight decay on 1-D tensors."""
+    """The optimiser of ``phase`` over the parameters that train in it; weight decay only where :func:`decays`."""
     groups = param_groups(net, cfg, phase)
     if not groups:  # everything frozen: an optimiser with nothing to do keeps the loop uniform
         groups = [{"params": [], "lr": cfg.lr, "base_lr": cfg.lr, "part": "none"}]
