@@ -445,7 +445,7 @@ def test_cli_fewshot_is_fitted_by_calibrate_and_warns_when_evaluated_on_the_same
     assert main(["localize", str(run), "--calibrate", data, "--split", "all", "--images", "8", "--method", "fewshot",
                  "--scales", "1", "--evaluate", data]) == 0
     out = capsys.readouterr().out
-    assert "saved in" in out and "fewshot" in out and "note: --evaluate scores images" in out and "tip:" not in out
+    assert "saved in" in out and "fewshot" in out and "note: --evaluate scored images" in out and "tip:" not in out
     assert (run / "fewshot.safetensors").is_file()
     fitted = json.loads((run / "localize.json").read_text())["methods"]["fewshot"]["fewshot"]
     assert fitted["images"] == 8 and fitted["fine_tune"]["epochs"] == 4  # the default: the last stage fine-tuned

@@ -177,7 +177,8 @@ def test_calibration_round_trip_through_the_run_directory(tmp_path, colour_voc):
     from gapvision.serve.app import Service
 
     assert Service(run).localizer().calibration == entry
-    assert json.loads(metadata(run, to_fcn(run.model), fcn=True)["localize"])["methods"]["cam"] == entry
+    exported = {k: v for k, v in entry.items() if k != "files"}  # not the calibration images' paths
+    assert json.loads(metadata(run, to_fcn(run.model), fcn=True)["localize"])["methods"]["cam"] == exported
     assert "localize" not in metadata(run, run.model, fcn=False)
     (tmp_path / "run" / CALIBRATION_FILE).write_text("{broken")
     with pytest.raises(GapvisionError, match="localize.json is damaged"):
@@ -228,6 +229,32 @@ def test_ddt_fits_on_the_run_training_split_keeps_it_and_boxes_the_object(tmp_pa
         Localizer(arrays, method="ddt", calibration=False)
 
 
+def test_evaluation_leaves_out_the_images_calibration_used(tmp_path, colour_voc, capsys, monkeypatch):
+    run = _colour_run(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    entry = calibrate(run, str(colour_voc), split="train", images=4, method="cam", scales=(1.0,))
+    files = entry["files"]
+    assert len(files) == 4 and all(Path(f).is_absolute() and Path(f).is_file() for f in files)
+    every = evaluate_localization(run, str(colour_voc), split="all")  # 12 images, 4 of them calibration's
+    assert every["images"] == 8 and every["calibration_left_out"] == 4 and every["calibration_scored"] == 0
+    both = evaluate_localization(run, str(colour_voc), split="all", calibration_images=True)
+    assert both["images"] == 12 and both["calibration_left_out"] == 0 and both["calibration_scored"] == 4
+    held_out = evaluate_localization(run, str(colour_voc), split="val")  # calibration drew from the train split
+    assert held_out["images"] == 6 and held_out["calibration_left_out"] == 0 and held_out["calibration_scored"] == 0
+    calibrate(run, str(colour_voc), split="val", images=None, method="cam", scales=(1.0,))
+    alone = evaluate_localization(run, str(colour_voc), split="val")  # nothing else to score: scored, and said so
+    assert alone["images"] == 6 and alone["calibration_scored"] == 6
+    import gapvision.predict
+    from gapvision.cli import main
+
+    monkeypatch.setattr(gapvision.predict, "open_predictor", lambda *a, **k: run)  # the colour model is no builtin
+    calibrate(run, str(colour_voc), split="train", images=4, method="cam", scales=(1.0,))
+    assert main(["localize", str(tmp_path / "run"), "--evaluate", str(colour_voc)]) == 0
+    assert "note: left out the 4 images the calibration used" in capsys.readouterr().out
+    assert main(["localize", str(tmp_path / "run"), "--evaluate", str(colour_voc), "--calibration-images"]) == 0
+    assert "note: 4 of the 12 images scored were used by the calibration" in capsys.readouterr().out
+
+
 def test_fewshot_needs_calibration_then_learns_objectness_from_the_boxes(tmp_path, colour_voc):
     from gapvision.localize.fewshot import FEWSHOT_FILE, load_objectness
 
@@ -256,7 +283,7 @@ def test_fewshot_needs_calibration_then_learns_objectness_from_the_boxes(tmp_pat
     assert "localize" not in metadata(run, to_fcn(run.model), fcn=True)  # its maps are not the exported class maps
     cam = calibrate(run, str(colour_voc), split="train", images=4, method="cam", scales=(1.0,))
     assert json.loads(metadata(run, to_fcn(run.model), fcn=True)["localize"]) == {
-        "format_version": 1, "method": "cam", "methods": {"cam": cam}}
+        "format_version": 1, "method": "cam", "methods": {"cam": {k: v for k, v in cam.items() if k != "files"}}}
     (tmp_path / "run" / FEWSHOT_FILE).write_bytes(b"broken")
     with pytest.raises(GapvisionError, match="damaged"):
         load_objectness(run)

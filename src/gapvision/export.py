@@ -119,8 +119,10 @@ def metadata(run: Run, net: nn.Module, fcn: bool) -> dict[str, str]:
 
         saved = read_calibration(run)
         # the operating points chosen by `gapvision localize RUN --calibrate DATA` for the methods whose maps are
-        # these class maps (fcn: their softmax, cam: the logit maps); gradcam, ddt, fewshot... need the network
-        usable = {k: v for k, v in (saved or {}).get("methods", {}).items() if k in FCN_MAP_METHODS}
+        # these class maps (fcn: their softmax, cam: the logit maps); gradcam, ddt, fewshot... need the network.
+        # Not the calibration images' paths: they say nothing to a user of the file, and something of this machine
+        usable = {k: {f: x for f, x in v.items() if f != "files"} for k, v in (saved or {}).get("methods", {}).items()
+                  if k in FCN_MAP_METHODS}
         if usable:
             method = saved["method"] if saved["method"] in usable else next(iter(usable))  # type: ignore[index]
             meta["localize"] = json.dumps({**saved, "method": method, "methods": usable})

@@ -55,6 +55,8 @@ def register(sub: Any) -> None:
     p.add_argument("--split", help="with --evaluate/--calibrate: all, or train/val/test as the run split DATA "
                    "(its seeded --val-split); default: all for --evaluate, train for --calibrate")
     p.add_argument("--images", type=int, default=32, help="--calibrate: at most this many images (default 32)")
+    p.add_argument("--calibration-images", action="store_true", help="--evaluate: score the image files the "
+                   "calibration used too (by default they are left out: a held-out score)")
     p.add_argument("--fewshot-epochs", type=int, help="--calibrate --method fewshot: passes of fine-tuning the last "
                    "stage on the calibration boxes (default 4; 0: the linear objectness probe alone)")
     p.add_argument("--scales", help="multi-scale maps: factors of the training size, e.g. 1,1.5,2 (classes decided at "
@@ -108,12 +110,19 @@ def cmd_localize(a: argparse.Namespace) -> None:
                   "boxes and boxes the objects best (README: localisation quality on real photos)")
         if not a.evaluate:
             return
-        if a.evaluate == a.calibrate:
-            print(f"note: --evaluate scores images of {a.calibrate} that calibration may have seen (one --split for "
-                  "both): for a held-out score run `--calibrate DATA --split train`, then `--evaluate DATA --split val`")
     if a.evaluate:
-        m = evaluate_localization(run, a.evaluate, a.out, split=a.split or "all", scale=a.scale, **options)
+        m = evaluate_localization(run, a.evaluate, a.out, split=a.split or "all", scale=a.scale,
+                                  calibration_images=a.calibration_images, **options)
         print(format_evaluation(m))
+        if m["calibration_left_out"]:
+            print(f"note: left out the {m['calibration_left_out']} images the calibration used, for a held-out score "
+                  "(--calibration-images scores them too)")
+        elif m["calibration_scored"]:
+            print(f"note: {m['calibration_scored']} of the {m['images']} images scored were used by the calibration: "
+                  "the figures are optimistic")
+        elif a.calibrate and a.evaluate == a.calibrate:
+            print(f"note: --evaluate scored images of {a.evaluate} that calibration may have seen (one --split for "
+                  "both): for a held-out score run `--calibrate DATA --split train`, then `--evaluate DATA --split val`")
         if a.out:
             print(f"written to {a.out}/evaluation.json")
         return

@@ -161,12 +161,31 @@ def wsol_samples(loc: Localizer, imgs: ImageSet, scales: Sequence[float] | None 
     return samples, heats
 
 
+def calibration_files(imgs: ImageSet) -> list[str]:
+    """The files of ``imgs`` as absolute paths (none for images held in memory: no name finds them again)."""
+    names = [imgs.name(i) for i in range(len(imgs))]
+    return [] if any(n.startswith("#") for n in names) else [str(Path(n).resolve()) for n in names]
+
+
+def _without_calibration_images(imgs: ImageSet, entry: dict | None, leave_out: bool) -> tuple[ImageSet, int, int]:
+    """``imgs`` less the files the calibration ``entry`` used: (the rest, how many were left out, how many were
+    scored anyway: all of them when every image is a calibration image, or when not ``leave_out``)."""
+    used = set(entry.get("files", [])) if entry else set()
+    found = calibration_files(imgs) if used else []
+    keep = [i for i, f in enumerate(found) if f not in used] if found else list(range(len(imgs)))
+    if not leave_out or not keep:
+        return imgs, 0, len(imgs) - len(keep)
+    return imgs.subset(keep), len(imgs) - len(keep), 0
+
+
 def evaluate_localization(run_or_model: Any, data: str = "builtin:shapes-scenes", out: str | Path | None = None, *,
                           split: str = "all", scale: float | None = None, scales: Sequence[float] | None = None,
                           operating: dict | None = None, iou: float = 0.5, batch_size: int = 32,
-                          **options: Any) -> dict:
+                          calibration_images: bool = False, **options: Any) -> dict:
     """Score localisation on ``data`` (builtin:shapes-scenes, a VOC folder or a COCO file; ``split`` as in
-    :func:`annotated_images`).
+    :func:`annotated_images`). The image files the run's calibration of this method used (fitted on, for
+    ``fewshot``) are left out, so the score is a held-out one (``calibration_left_out``: how many), unless
+    ``calibration_images`` or every image is one (``calibration_scored``: how many were scored).
 
     WSOL metrics (:mod:`.wsol`) on the method's fused multi-scale maps -- ``top1_loc``, ``gt_known_loc``,
     ``maxboxacc_v2`` (with ``boxacc`` per IoU level) at the operating point (``operating`` = {"threshold", "rule"},
@@ -183,6 +202,7 @@ def evaluate_localization(run_or_model: Any, data: str = "builtin:shapes-scenes"
         side = imgs.meta.get("img_size")
         scale = 2 * run.preprocess.img_size / side if side else None
     loc = Localizer(run, scale=scale, scales=scales, **options)
+    imgs, left_out, seen = _without_calibration_images(imgs, loc.calibration, not calibration_images)
     point = dict(operating or (loc.calibration and {k: loc.calibration[k] for k in ("threshold", "rule")})
                  or DEFAULT_OPERATING)
     samples, _ = wsol_samples(loc, imgs, scales, batch_size)
@@ -197,7 +217,7 @@ def evaluate_localization(run_or_model: Any, data: str = "builtin:shapes-scenes"
     metrics.update({"data": str(data), "split": split, "scale": round(float(scale or 1.0), 4), "method": loc.method,
                     "threshold": str(loc.threshold), "min_score": loc.min_score, "classes": list(run.classes),
                     "scales": list(scales or loc.scales or DEFAULT_SCALES), "calibrated": loc.calibration is not None,
-                    "notes": imgs.meta.get("notes", [])})
+                    "calibration_left_out": left_out, "calibration_scored": seen, "notes": imgs.meta.get("notes", [])})
     if out is not None:
         atomic.write_json(Path(out) / "evaluation.json", metrics)
     return metrics
@@ -242,7 +262,7 @@ def calibrate(run_or_model: Any, data: str, *, split: str = "train", images: int
     samples, heats = wsol_samples(loc, imgs, scales, batch_size, pictures)
     truths = [{int(c) for c, _ in objs} for objs in imgs.boxes]  # type: ignore[union-attr]
     entry = calibration_entry(samples, heats, truths, tuple(scales or DEFAULT_SCALES), data=str(data), split=split,
-                              **fitted)
+                              files=calibration_files(imgs), **fitted)
     # box refinement: each option's boxes at the chosen operating point, the one with the better AP@0.5 kept
     settings = {k: entry[k] for k in ("threshold", "min_score", "rule", "scales")}
     rest = {k: v for k, v in options.items() if k not in settings}
