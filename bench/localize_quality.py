@@ -90,11 +90,11 @@ def measure(run: Path, data: str, split: str, calib_data: str, calib_split: str,
             after = evaluate_localization(str(scratch), data, split=split, method=method)
             rows[method] = {"uncalibrated": before, "calibration": entry, "calibrated": after,
                             "seconds": round(time.perf_counter() - t, 1)}
+            print(f"  {method}: {_row(after)}  (uncalibrated: {_row(before) if before else 'learned at calibration'})",
+                  flush=True)
             if also:
                 rows[method]["also"] = evaluate_localization(str(scratch), data, split=also, method=method)
                 print(f"  {method} on {also} less calibration's images: {_row(rows[method]['also'])}", flush=True)
-            print(f"  {method}: {_row(after)}  (uncalibrated: {_row(before) if before else 'learned at calibration'})",
-                  flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     first = next(iter(rows.values()))["calibrated"]
