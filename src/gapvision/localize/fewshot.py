@@ -252,7 +252,7 @@ def fine_tune(net: nn.Module, pre: Preprocess, views: Sequence[tuple[torch.Tenso
     ``bias``) on ``views`` (uint8 input, h x w cell labels), one view a step, each pass in a seeded order with
     random horizontal flips; normalisation statistics fixed (eval mode). Returns the objectness, the tuned
     modules' tensors and the last pass's mean loss."""
-    tuned = copy.deepcopy(net).eval()
+    tuned = with_stage(net, {})  # the copy that trains; ``net`` stays as it is
     found = dict(tuned.backbone.named_modules())  # type: ignore[attr-defined]
     params = list({id(p): p for n in modules for p in found[n].parameters(recurse=False)}.values())
     for p in tuned.parameters():
