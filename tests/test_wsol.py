@@ -291,7 +291,7 @@ def test_fewshot_needs_calibration_then_learns_objectness_from_the_boxes(tmp_pat
 
 def test_fewshot_cell_labels_and_the_stage_it_taps():
     torch = pytest.importorskip("torch")
-    from gapvision.localize.fewshot import cell_labels, tap_module, tapped_features
+    from gapvision.localize.fewshot import cell_labels, tap_module, tapped_features, tapped_stage
     from gapvision.models import create_model
 
     # a 4 x 2 grid over a 40 x 20 image: cell centres at x 5, 15, 25, 35 and y 5, 15
@@ -299,6 +299,9 @@ def test_fewshot_cell_labels_and_the_stage_it_taps():
     assert inside.tolist() == [[True, True, False, False], [False, False, False, True]]
     net = create_model("resnet18", head="gap", num_classes=2).eval()
     assert tap_module(net, 3, 64) == "layer4"  # its input: layer3's 4 x 4 map, pooled onto layer4's 2 x 2
+    tap, tuned = tapped_stage(net, 3, 64)  # the layers fine-tuning trains: layer4 and what it contains, in order
+    assert tap == "layer4" and tuned[:3] == ["layer4", "layer4.0", "layer4.0.conv1"]
+    assert all(n.startswith("layer4") for n in tuned) and "layer4.1.bn2" in tuned
     feats, desc = tapped_features(net, torch.zeros(2, 3, 64, 64), "layer4")
     assert feats.shape == (2, 512, 2, 2) and desc.shape == (2, 512 + 256, 2, 2)
     assert tap_module(create_model("mobilenet_v2", head="gap", num_classes=2).eval(), 3, 64) == "features.14"
@@ -354,6 +357,46 @@ def test_fewshot_fine_tunes_only_the_tapped_stage_on_a_copy_and_keeps_it_in_the_
     other = create_model("mobilenet_v2", head="gap", num_classes=2).eval()
     with pytest.raises(GapvisionError, match="calibrate --method fewshot again"):
         again.descriptors(other, torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "densenet121"])
+def test_fewshot_maps_reuse_the_run_nets_layers_before_the_tap(arch):
+    torch = pytest.importorskip("torch")
+    from gapvision.localize import fewshot
+    from gapvision.localize.fewshot import Objectness, run_from, tap_module, tapped_features, tapped_stage
+    from gapvision.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model(arch, head="gap", num_classes=2).eval()
+    tap, modules = tapped_stage(net, 3, 64)
+    # a "tuned" stage: every tensor of the tapped layers changed, as fine-tuning does
+    stage = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in fewshot.stage_tensors(net, modules).items()}
+    x = torch.randn(2, 3, 64, 64)
+    obj = Objectness(torch.randn(1), 0.0, tap, stage=stage)
+    tuned = obj.tuned(net)
+    full = tapped_features(tuned, x, tap)[1]  # the whole tuned copy, image to descriptors
+    calls = []
+    first = net.backbone.get_submodule(net.backbone.first_conv.rsplit(".", 1)[0])
+    tuned_first = tuned.backbone.get_submodule(tuned.backbone.first_conv.rsplit(".", 1)[0])
+    handles = [m.register_forward_hook(lambda m, i, o, w=w: calls.append(w)) for m, w in ((first, "run"),
+                                                                                         (tuned_first, "copy"))]
+    feats, shared = obj.descriptors(net, x)
+    for h in handles:
+        h.remove()
+    assert calls == ["run"]  # the tuned copy starts at the tap: its first convolution never runs
+    assert torch.equal(feats, net.features(x)) and not torch.allclose(shared[:, :net.backbone.out_channels],
+                                                                     feats)
+    assert torch.equal(shared, full)  # the same operations on the same tensors
+    assert run_from(tuned.backbone, "no.such.layer", x) is None and tap_module(net, 3, 64) == tap
+
+    class OwnForward(type(tuned.backbone)):  # a backbone with a forward of its own (timm's): the whole copy runs
+        def forward(self, x):
+            return super().forward(x)
+
+    tuned.backbone.__class__ = OwnForward
+    assert run_from(tuned.backbone, tap, x) is None
+    assert torch.allclose(obj.descriptors(net, x)[1], full, atol=1e-5, rtol=1e-4)
 
 
 def test_presence_score_is_the_middle_of_the_scores_that_tie():

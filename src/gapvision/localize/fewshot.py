@@ -15,7 +15,9 @@ Then, as Choe et al.'s baseline trains the network itself on the few annotated i
 module on and the regression (as a 1 x 1 convolution) are fine-tuned together on the same cells (per-cell binary
 cross-entropy, :data:`FINE_TUNE_EPOCHS` passes over every image and scale, horizontal flips, normalisation
 statistics fixed). The classifier is untouched: its class decision comes from the run's own network; the maps from
-a copy with the tuned layers (a second backbone pass). ``fine_tune_epochs=0`` keeps the linear probe alone.
+a copy with the tuned layers, which goes on from the tap's input that the run's network computed on its way
+(:func:`run_from`: the layers before the tap run once; MobileNetV2's tuned layers are about a third of its work).
+``fine_tune_epochs=0`` keeps the linear probe alone.
 
 The weights (a vector of the descriptor width, folded with the standardisation) and the tuned layers' tensors are
 kept in ``RUN_DIR/fewshot.safetensors``; the calibration's threshold, rule and scales in ``localize.json`` as for
@@ -71,9 +73,14 @@ class Objectness:
         descriptors the objectness is a function of (N x D x h x w; from the tuned layers when there are some)."""
         if not self.stage:
             return tapped_features(net, x, self.tap)
-        _, desc = tapped_features(self.tuned(net), x, self.tap)
-        with torch.inference_mode():
-            return net.features(x), desc  # type: ignore[operator]
+        tuned = self.tuned(net)
+        feats, tap_input = features_and_tap_input(net, x, self.tap)
+        # the layers before the tap are the run's own: the tuned copy goes on from the tap's input they gave
+        rest = (run_from(tuned.backbone, self.tap, tap_input.to(feats.dtype)) if self.tap and tap_input is not None
+                else None)
+        if rest is None:
+            return feats, tapped_features(tuned, x, self.tap)[1]
+        return feats, _joined(rest, tap_input)
 
     def tuned(self, net: nn.Module) -> nn.Module:
         """A copy of ``net`` with the tuned layers' tensors (made once per network)."""
@@ -127,20 +134,19 @@ def tap_module(net: nn.Module, channels: int, img_size: int) -> str | None:
     the first module a forward pass starts whose input is finer than the final feature map (at most twice as fine)
     and whose output has the final size (ResNets' ``layer4``, MobileNetV2's first stride-2 block of the last
     stage). Its input is the end of that earlier stage. None when the backbone has no such module."""
-    started, shapes, (h, w) = forward_order(net, channels, img_size)
-    final = (h, w)
+    return tapped_stage(net, channels, img_size)[0]
+
+
+def tapped_stage(net: nn.Module, channels: int, img_size: int) -> tuple[str | None, list[str]]:
+    """:func:`tap_module` and the backbone modules that a forward pass starts from it on (the tap, what it
+    contains, what follows: the layers the fine-tuning trains), from one forward pass."""
+    started, shapes, final = forward_order(net, channels, img_size)
+    h, w = final
+    names = [n for n, _ in started]
     for name, (ih, iw) in started:
         if h < ih <= 2 * h + 1 and w < iw <= 2 * w + 1 and shapes.get(name) == final:
-            return name
-    return None
-
-
-def tuned_modules(net: nn.Module, tap: str, channels: int, img_size: int) -> list[str]:
-    """The backbone modules that a forward pass starts from ``tap`` on (``tap``, what it contains, what follows):
-    the layers the fine-tuning trains."""
-    started, _, _ = forward_order(net, channels, img_size)
-    names = [n for n, _ in started]
-    return list(dict.fromkeys(names[names.index(tap):])) if tap in names else []
+            return name, list(dict.fromkeys(names[names.index(name):]))
+    return None, []
 
 
 def stage_tensors(net: nn.Module, modules: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -170,6 +176,13 @@ def tapped_features(net: nn.Module, x: torch.Tensor, tap: str | None,
                     grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The backbone's final map of ``x`` and, joined to it along the channels, the input of the ``tap`` module
     pooled onto the final grid (``grad``: keep the graph, for the fine-tuning)."""
+    feats, caught = features_and_tap_input(net, x, tap, grad)
+    return feats, _joined(feats, caught)
+
+
+def features_and_tap_input(net: nn.Module, x: torch.Tensor, tap: str | None,
+                           grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The backbone's final map of ``x`` and the input of its ``tap`` module (float32; None without a tap)."""
     caught: list[torch.Tensor] = []
     handle = None
     if tap:
@@ -184,10 +197,47 @@ def tapped_features(net: nn.Module, x: torch.Tensor, tap: str | None,
     finally:
         if handle is not None:
             handle.remove()
+    return feats, (caught[0] if caught else None)
+
+
+def _joined(feats: torch.Tensor, tap_input: torch.Tensor | None) -> torch.Tensor:
+    """The descriptors: the final map with the tap's input average-pooled onto its grid, along the channels."""
     desc = feats.float()
-    if caught:
-        desc = torch.cat([desc, F.adaptive_avg_pool2d(caught[0], tuple(feats.shape[-2:]))], dim=1)
-    return feats, desc
+    if tap_input is None:
+        return desc
+    return torch.cat([desc, F.adaptive_avg_pool2d(tap_input, tuple(feats.shape[-2:]))], dim=1)
+
+
+def run_from(backbone: nn.Module, tap: str, x: torch.Tensor) -> torch.Tensor | None:
+    """The final map of ``backbone`` when its ``tap`` module receives ``x``: the tap and what follows it, without
+    the layers before. Only where the way there is a chain (a :class:`~..models.backbones.Backbone` running its
+    parts in order, ``nn.Sequential`` containers down to the tap); None otherwise (the caller runs the whole
+    backbone)."""
+    from ..models.backbones import Backbone
+
+    if type(backbone).forward is not Backbone.forward:  # e.g. timm's wrapper runs its own forward
+        return None
+    path = tap.split(".")
+    parts = list(backbone.parts)  # type: ignore[attr-defined]
+    if path[0] not in parts:
+        return None
+
+    def chain(module: nn.Module, rest: list[str], h: torch.Tensor) -> torch.Tensor | None:
+        if not rest:
+            return module(h)
+        if type(module) is not nn.Sequential or rest[0] not in module._modules:
+            return None
+        names = list(module._modules)
+        out = chain(module._modules[rest[0]], rest[1:], h)  # type: ignore[arg-type]
+        for name in names[names.index(rest[0]) + 1:] if out is not None else ():
+            out = module._modules[name](out)  # type: ignore[misc]
+        return out
+
+    with torch.inference_mode():
+        h = chain(backbone._modules[path[0]], path[1:], x)  # type: ignore[arg-type]
+        for key in parts[parts.index(path[0]) + 1:] if h is not None else ():
+            h = backbone._modules[key](h)  # type: ignore[misc]
+    return h
 
 
 def cell_labels(size: tuple[int, int], boxes: Sequence[Any], grid: tuple[int, int]) -> np.ndarray:
@@ -211,7 +261,7 @@ def fit_objectness(net: nn.Module, pre: Preprocess, images: Sequence[Any], boxes
     docstring; none when the backbone has no tapped module). ``net`` itself is left unchanged."""
     from sklearn.linear_model import LogisticRegression
 
-    tap = tap_module(net, pre.channels, pre.img_size)
+    tap, modules = tapped_stage(net, pre.channels, pre.img_size)
     views, rows, labels = [], [], []
     for im, objs in zip(images, boxes):
         pil = to_pil(im)
@@ -237,7 +287,6 @@ def fit_objectness(net: nn.Module, pre: Preprocess, images: Sequence[Any], boxes
                              "regularisation": regularisation, "scales": [float(s) for s in scales]}
     stage: dict[str, torch.Tensor] = {}
     if tap and fine_tune_epochs > 0:
-        modules = tuned_modules(net, tap, pre.channels, pre.img_size)
         weight, bias, stage, loss = fine_tune(net, pre, views, tap, modules, weight, bias, fine_tune_epochs, lr,
                                               device, seed)
         about["fine_tune"] = {"epochs": fine_tune_epochs, "lr": lr, "modules": len(modules),
