@@ -126,7 +126,8 @@ def print_table(rows: list[dict], names: list[str], inits: list[str], epochs: in
             text = " / ".join(f"{x:.3f}" for x in r[key]) if "error" not in r else r["error"]
             return f"**{text}**" if key == "val_acc" and r.get("beats_twice_chance") else text
 
-        start = ", ".join(f"{r['started_as']} {lr_text(r)}" for r in ok)
+        start = ", ".join(f"{r['started_as']}{' (' + r['stem'] + ' stem)' if r.get('stem', 'native') != 'native' else ''} "
+                          f"{lr_text(r)}" for r in ok)
         print(f"| {name} | {ok[0]['img_size']} | {start} | {' | '.join(cell(i, 'val_acc') for i in inits)} | "
               f"{' | '.join(cell(i, 'train_acc') for i in inits)} | {ok[0]['seconds_per_epoch']} |")
 
@@ -154,7 +155,8 @@ def train_one(gv, config_error: type, name: str, init: str, epochs: int | None, 
         return {"model": name, "init": init, "error": "no accepted input size up to 160 px"}
     wall = time.perf_counter() - t0
     accs = [round(r["val_acc"], 4) for r in run.history]
-    row = {"model": name, "init": init, "started_as": run.config["model_options"]["init"], "img_size": size,
+    row = {"model": name, "init": init, "started_as": run.config["model_options"]["init"],
+           "stem": run.config["model"].get("stem", "native"), "img_size": size,
            "val_acc": accs, "train_acc": [round(r["train_acc"], 4) for r in run.history],
            "seconds_per_epoch": round(sum(r["seconds"] for r in run.history) / len(run.history), 1),
            "wall_seconds": round(wall, 1), "beats_twice_chance": accs[-1] > 0.5,

@@ -6,14 +6,16 @@ of the architecture at this budget (200 steps of batch 16 at 64 px)?
     python bench/convnext_scratch.py --models convnext_tiny:1e-3,resnet18:1e-3 --steps 400 --seed 1
     python bench/convnext_scratch.py --models convnext_tiny:1e-3:whiten --size 128        # upsampled input
     python bench/convnext_scratch.py --models convnext_tiny:1e-3:whiten --batch-size 64   # 4x the images, same steps
+    python bench/convnext_scratch.py --models convnext_tiny:1e-3:pooled,convnext_tiny:1e-3:whiten:pooled  # --stem pooled
 
-Each row of ``--models`` is ``ARCH:LR`` or ``ARCH:LR:whiten``, ``ARCH`` a torchvision builder (``convnext_tiny``,
+Each row of ``--models`` is ``ARCH:LR``, ``ARCH:LR:whiten``, ``ARCH:LR:pooled`` or ``ARCH:LR:whiten:pooled``, ``ARCH`` a torchvision builder (``convnext_tiny``,
 ``resnet18``...) built with ``num_classes=4`` and trained by the plain loop below with ConvNeXt's paper recipe, not
 gapvision's: AdamW (weight decay 0.05), ``--warmup`` steps of linear warm-up then cosine to 0, stochastic depth 0.1 for
 ConvNeXt, fp32, no augmentation (the paper's mixup/RandAugment/EMA only matter over hundreds of epochs). ``:whiten``
 adds the one piece of gapvision's default start that ResNet-18 needs to learn this set in 200 steps: the first
 convolution set to whitened patch components (models/whitening.py's ``whiten_first_conv``, on the 64 training images
-gapvision.train uses). The images are the bench's: ``builtin:shapes`` loaded, normalised and batched by gapvision's
+gapvision.train uses). ``:pooled`` first swaps in the stem that gapvision's convnext_tiny takes from scratch
+(``--stem pooled``: the patchify convolution at stride 2, then a 3 x 3 max pool). The images are the bench's: ``builtin:shapes`` loaded, normalised and batched by gapvision's
 own data code (seed 0: 1600 train, 400 val images; ``--size`` resizes them there). The row ``gapvision`` is
 bench/backbones.py's convnext_tiny row itself (``gapvision.train("builtin:shapes", model="convnext_tiny",
 epochs=STEPS // 100)``: 64 px, batch 16, every default; ``--size``/``--batch-size`` do not apply to it). Chance is
@@ -45,10 +47,11 @@ def warmup_cosine(warmup: int, steps: int):
 
 
 def vanilla(arch: str, lr: float, steps: int, batch: int, size: int, seed: int, warmup: int, wd: float,
-            every: int, whiten: bool = False) -> dict:
+            every: int, whiten: bool = False, pooled: bool = False) -> dict:
     """``arch`` from torchvision trained for ``steps`` steps by a bare AdamW loop: its row (train loss/acc every
     ``every`` steps, final validation accuracy). ``whiten``: its first convolution set by gapvision's
-    ``whiten_first_conv`` first (the one piece of gapvision's default start that ResNet-18 needs here)."""
+    ``whiten_first_conv`` first (the one piece of gapvision's default start that ResNet-18 needs here); ``pooled``:
+    ConvNeXt's stem made overlapping and max-pooled first (gapvision's ``--stem pooled``, models/backbones.py)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -64,6 +67,10 @@ def vanilla(arch: str, lr: float, steps: int, batch: int, size: int, seed: int, 
     torch.manual_seed(seed)
     extra = {"stochastic_depth_prob": 0.1} if arch.startswith("convnext") else {}
     net = getattr(torchvision.models, arch)(num_classes=len(splits.classes), **extra)
+    if pooled:  # gapvision's --stem pooled, before the start (which then whitens the pooled stem's convolution)
+        from gapvision.models.backbones import pooled_patchify_stem
+
+        pooled_patchify_stem(net.features)
     if whiten:  # gapvision's default start of the first convolution, from the same 64 images as gapvision.train's
         from gapvision.models.whitening import whiten_first_conv
         from gapvision.train.pipeline import INIT_IMAGES
@@ -106,9 +113,9 @@ def vanilla(arch: str, lr: float, steps: int, batch: int, size: int, seed: int, 
         correct = sum(int((net(xv).argmax(1) == yv).sum()) for xv, yv in val.epoch(0))
         fitted = sum(int((net(xt).argmax(1) == yt).sum()) for xt, yt in first.epoch(0))
     seconds = time.perf_counter() - t0
-    return {"row": f"{arch}:{lr:g}" + (":whiten" if whiten else ""),
+    return {"row": f"{arch}:{lr:g}" + (":whiten" if whiten else "") + (":pooled" if pooled else ""),
             "recipe": f"torchvision {arch}, AdamW {lr:g} wd {wd:g}, {warmup} warm-up + cosine"
-            + (", stochastic depth 0.1" if extra else "") + (", first conv whitened" if whiten else ""),
+            + (", stochastic depth 0.1" if extra else "") + (", first conv whitened" if whiten else "") + (", pooled stem" if pooled else ""),
             "img_size": pre.img_size, "batch_size": batch, "steps": steps, "log": log,
             "val_acc": round(correct / len(splits.val), 4), "seconds": round(seconds, 1),
             "train_images_acc": round(fitted / len(splits.val), 4)}
@@ -161,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(gapvision_default(a.steps))
         else:
             arch, lr, *start = spec.split(":")
-            if start not in ([], ["whiten"]):
-                p.error(f"{spec}: a row is ARCH:LR, ARCH:LR:whiten or gapvision")
+            if start not in ([], ["whiten"], ["pooled"], ["whiten", "pooled"]):
+                p.error(f"{spec}: a row is ARCH:LR, ARCH:LR:whiten, ARCH:LR:pooled, ARCH:LR:whiten:pooled or gapvision")
             rows.append(vanilla(arch, float(lr), a.steps, a.batch_size, a.size, a.seed, a.warmup, a.wd, a.every,
-                                whiten=start == ["whiten"]))
+                                whiten="whiten" in start, pooled="pooled" in start))
         atomic.write_json(out, {"data": DATA, "torch": torch.__version__, "threads": 1, "seed": a.seed,
                                 "args": vars(a), "rows": rows})
         r = rows[-1]

@@ -56,7 +56,7 @@ def test_plain_defaults_give_small_sets_enough_steps_and_bf16_where_it_is_fast()
     deep = recipes.plain_values(1600, 64, 10, deep_no_norm=True)
     assert deep["lr"] == recipes.PLAIN_DEEP_NO_NORM_LR  # ... not VGG-16's, nor a MobileNet's
     assert recipes.plain_values(1600, 64, 10, grouped_norm=True)["lr"] == recipes.PLAIN_GROUPED_LR
-    plain = recipes.plain_values(1600, 64, 10, grouped_norm=True, grouped_no_residual=True)  # ShuffleNet, ConvNeXt
+    plain = recipes.plain_values(1600, 64, 10, grouped_norm=True, grouped_no_residual=True)  # ShuffleNetV2
     assert (plain["backbone_lr"], plain["lr"]) == (recipes.PLAIN_GROUPED_NO_RESIDUAL_LR,
                                                    recipes.PLAIN_GROUPED_NO_RESIDUAL_HEAD_LR)
     assert not {"lr", "backbone_lr"} & recipes.plain_values(1600, 64, 10, {"lr": 1e-3}, grouped_norm=True,

@@ -310,18 +310,58 @@ def test_deep_networks_without_normalisation_and_grouped_ones_get_their_plain_lr
     assert not tuned["grouped_norm"]  # measured from scratch: fine-tuning keeps TrainConfig's lr
 
 
+def test_convnext_from_scratch_takes_the_pooled_stem_and_keeps_its_tensor_names():
+    """``--stem auto``: ConvNeXt trained from scratch gets the overlapping, max-pooled stem (same map size, same
+    tensors, so pretrained weights still load); with weights, and for backbones without one, the builder's stem."""
+    torch = pytest.importorskip("torch")
+    from gapvision.errors import ConfigError
+    from gapvision.models import create_model
+    from gapvision.models.classifier import ModelConfig
+    from gapvision.options import ModelOptions
+    from gapvision.data.transforms import Preprocess
+    from gapvision.train.pipeline import build_network
+
+    native = create_model("convnext_tiny", num_classes=4, img_size=64)
+    pooled = create_model("convnext_tiny", num_classes=4, img_size=64, stem="auto")
+    assert native.config.stem == "native" and pooled.config.stem == "pooled"
+    stem = pooled.backbone.features[0]
+    assert [type(m).__name__ for m in stem] == ["Conv2d", "MaxPool2d", "LayerNorm2d"]
+    assert stem[0].stride == (2, 2) and native.backbone.features[0][0].stride == (4, 4)
+    shapes = {k: v.shape for k, v in native.state_dict().items()}
+    assert {k: v.shape for k, v in pooled.state_dict().items()} == shapes  # the same names and shapes
+    x = torch.randn(2, 3, 64, 64)
+    assert pooled.features(x).shape == native.features(x).shape == (2, 768, 2, 2)
+    again = create_model(**pooled.config.to_dict())  # a run rebuilds the same network from config.json
+    again.load_state_dict(pooled.state_dict())
+    assert torch.equal(again.eval()(x), pooled.eval()(x))
+    grey = create_model("convnext_tiny", in_channels=1, img_size=64, stem="pooled")
+    assert grey.backbone.features[0][0].in_channels == 1
+    with pytest.raises(ConfigError, match="--stem pooled: resnet18 offers native$"):
+        create_model("resnet18", stem="pooled")
+    pre = Preprocess(img_size=64)
+    assert build_network(ModelOptions(model="convnext_tiny"), 4, pre).config.stem == "pooled"
+    assert build_network(ModelOptions(model="resnet18"), 4, pre).config.stem == "native"
+    assert build_network(ModelOptions(model="convnext_tiny", stem="native"), 4, pre).config.stem == "native"
+    assert ModelConfig.from_dict({"model": "convnext_tiny"}).stem == "native"  # runs saved before the option
+
+
 def test_grouped_networks_without_residual_branches_to_zero_get_a_faster_backbone_and_a_slower_head():
-    """ShuffleNetV2 (concatenations) and ConvNeXt (branches ending in a layer-scaled linear layer) have no residual
-    branch that ends in a normalisation layer; the other grouped networks do (zero_init_residual starts them as the
-    identity). Only the first two get PLAIN_GROUPED_NO_RESIDUAL_LR for the backbone and its head lr."""
+    """ShuffleNetV2 (concatenations) has no residual branch that ends in a normalisation layer; the other grouped
+    networks with BatchNorm do (zero_init_residual starts them as the identity). Only it gets
+    PLAIN_GROUPED_NO_RESIDUAL_LR for the backbone and its head lr. ConvNeXt (LayerNorm) gets no grouped rule: 1e-3."""
     from gapvision.train import recipes
     from gapvision.train.pipeline import input_defaults
 
     names = ("shufflenet_v2_x1_0", "convnext_tiny", "mobilenet_v2", "mobilenet_v3_small", "mnasnet1_0",
              "regnet_y_400mf", "efficientnet_b0", "resnet18")
     traits = {m: input_defaults({"model": m})[2] for m in names}
-    assert [m for m in names if traits[m]["grouped_no_residual"]] == ["shufflenet_v2_x1_0", "convnext_tiny"]
-    assert all(traits[m]["grouped_norm"] for m in names[:-1])
+    assert [m for m in names if traits[m]["grouped_no_residual"]] == ["shufflenet_v2_x1_0"]
+    assert [m for m in names if not traits[m]["grouped_norm"]] == ["convnext_tiny", "resnet18"]
+    options, note = recipes.apply_recipe({"model": "convnext_tiny"}, img_size=64, n_train=1600,
+                                         **{k: v for k, v in traits["convnext_tiny"].items()})
+    assert not {"lr", "backbone_lr"} & set(options)  # TrainConfig's lr
+    from gapvision.train.config import TrainConfig
+    assert TrainConfig.lr == 1e-3
     assert not input_defaults({"model": "shufflenet_v2_x1_0", "weights": "w.pth", "recipe": "none"})[2][
         "grouped_no_residual"]
     options, note = recipes.apply_recipe({"model": "shufflenet_v2_x1_0"}, img_size=64, n_train=1600,

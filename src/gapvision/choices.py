@@ -17,6 +17,9 @@ FREEZE = ("none", "backbone", "bn")
 #: (models/residual_init.py) for a network with normalisation layers and data-dependent (models/data_init.py) for one
 #: without, trained from scratch
 INITS = ("auto", "whiten", "residual", "data", "default")
+#: --stem: auto = pooled for a backbone that has that stem (ConvNeXt) trained from scratch, else native (the
+#: builder's); pooled = the patchify stem made overlapping (stride 2) and followed by a 3x3 max pool (models/backbones.py)
+STEMS = ("auto", "native", "pooled")
 SWITCHES = ("auto", "on", "off")  # --amp, --channels-last
 #: --tta: flip = the mean over the image and its mirror; crops = that, averaged half and half with the same over the
 #: image shifted by one pixel up-left and down-right (airbench's multi-crop test-time augmentation)

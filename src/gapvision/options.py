@@ -13,7 +13,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .choices import AUGMENTS, CHANNELS, FREEZE, IN_MEMORY_MODES, INITS, NORMALIZE_MODES, SWITCHES, TTA_MODES
+from .choices import (AUGMENTS, CHANNELS, FREEZE, IN_MEMORY_MODES, INITS, NORMALIZE_MODES, STEMS, SWITCHES,
+                      TTA_MODES)
 from .train.config import CACHE_FEATURES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
 
 LOAD = {"load": True}  # metadata of the DataOptions fields that are keyword arguments of load_data / load_images
@@ -59,6 +60,7 @@ class ModelOptions:
     weights: str | None = None
     freeze: str = "none"
     init: str = "auto"
+    stem: str = "auto"
 
 
 GROUPS = (DataOptions, ModelOptions, TrainConfig)
@@ -69,7 +71,7 @@ OPTION_NAMES = tuple(f.name for g in GROUPS for f in fields(g) if f.name not in 
 #: the allowed values of each option that has a fixed set (the flags' choices; the dataclasses/consumers check them)
 CHOICES: dict[str, tuple[str, ...]] = {
     "channels": CHANNELS, "normalize": NORMALIZE_MODES, "augment": AUGMENTS, "in_memory": IN_MEMORY_MODES,
-    "freeze": FREEZE, "init": INITS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": SWITCHES,
+    "freeze": FREEZE, "init": INITS, "stem": STEMS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": SWITCHES,
     "channels_last": SWITCHES,
     "recipe": RECIPES, "tta": TTA_MODES, "cache_features": CACHE_FEATURES,
 }
@@ -132,6 +134,9 @@ MODEL_HELP: dict[str, str | tuple[str, str]] = {
             "whitened patch components, residual = each residual branch's last normalisation scaled to 0, data = "
             "each conv rescaled by the mean and std of its ReLU output, auto = whiten, then residual for networks "
             "with normalisation layers and data for those without, default = the builder's",
+    "stem": "the first layer of backbones that offer another one (ConvNeXt): pooled = the 4x4 patchify convolution "
+            "made overlapping (stride 2) and followed by a 3x3 max pool, same output size, same weight shapes; auto "
+            "= pooled from scratch, native (the builder's) with --weights",
 }
 TRAIN_HELP: dict[str, str | tuple[str, str]] = {
     "epochs": "", "batch_size": "images per step; under torchrun the global batch, split evenly across the processes",

@@ -9,6 +9,7 @@ The tutorial networks (``gapcnn``, ``cifarcnn``) and the CIFAR ResNets are defin
 from __future__ import annotations
 
 import difflib
+from collections import OrderedDict
 from functools import partial
 from typing import Callable, Mapping, Sequence, Union
 
@@ -43,6 +44,7 @@ class Backbone(nn.Module):
         first_conv: state-dict key of the first conv's weight (adapted for 1-channel input).
         native_size: the input side the architecture (and its pretrained weights) was made for; the default input
             size is at most this.
+        stems: other first layers the backbone can take (name -> function that swaps it in; see :meth:`set_stem`).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class Backbone(nn.Module):
         conv_head_relu: bool = False,
         default_head: str = "gap",
         native_size: int = 224,
+        stems: Mapping[str, Callable[["Backbone"], None]] | None = None,
     ):
         super().__init__()
         for key, module in parts.items():
@@ -72,7 +75,17 @@ class Backbone(nn.Module):
         self.conv_head_relu = conv_head_relu
         self.default_head = default_head
         self.native_size = int(native_size)
+        self.stems = dict(stems or {})
         self.first_conv = _first_conv_key(self)
+
+    def set_stem(self, stem: str) -> None:
+        """Swap in the first layer ``stem`` (``native``: the builder's, left as it is)."""
+        if stem == "native":
+            return
+        if stem not in self.stems:
+            offered = ", ".join(["native", *self.stems])
+            raise ConfigError(f"--stem {stem}: {self.name} offers {offered}")
+        self.stems[stem](self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for key in self.parts:
@@ -286,6 +299,21 @@ class ImageLayerNorm2d(nn.LayerNorm):
         return y
 
 
+def pooled_patchify_stem(features: nn.Sequential) -> None:
+    """ConvNeXt's stem (a k x k convolution with stride k, then a LayerNorm) made overlapping: stride k/2 with
+    padding k/4, then a 3 x 3 max pool with stride 2, then the LayerNorm; same output size, same tensor names and
+    shapes (pretrained weights still load). From scratch on small data the patchify stem stays linear and aligned to
+    its grid, and ConvNeXt-T stays at chance on builtin:shapes in 200 steps whatever the optimiser, normalisation or
+    augmentation; the pool gives it a rectified, shift-tolerant first feature (bench/convnext_scratch.py)."""
+    conv, norm = features[0][0], features[0][1]
+    k = conv.kernel_size[0]
+    pooled = nn.Conv2d(conv.in_channels, conv.out_channels, k, stride=k // 2, padding=k // 4, bias=conv.bias is not None)
+    nn.init.trunc_normal_(pooled.weight, std=0.02)  # torchvision's ConvNeXt initialisation
+    if pooled.bias is not None:
+        nn.init.zeros_(pooled.bias)
+    features[0] = nn.Sequential(OrderedDict([("0", pooled), ("pool", nn.MaxPool2d(3, 2, 1)), ("1", norm)]))
+
+
 def _spec(parts: Sequence[Part], head: str | None, width_from: str, **extra) -> dict:
     """``head``: the source classifier layer (mappable onto a gapvision head) or None; ``width_from``: a layer whose
     input width is the feature map's channel count."""
@@ -305,7 +333,7 @@ _TORCHVISION: dict[str, dict] = {
     # an ImageLayerNorm2d (each location normalised with the pooled vector's statistics): gap == torchvision's logits.
     "convnext_tiny": _spec(
         ("features", ("norm", lambda m: ImageLayerNorm2d.like(m.classifier[0]))), "classifier.2", "classifier.2",
-        tv_rename={"classifier.0": "norm"},
+        tv_rename={"classifier.0": "norm"}, stems={"pooled": lambda b: pooled_patchify_stem(b.features)},
     ),
     "densenet121": _spec(("features", ("relu", lambda m: nn.ReLU(inplace=False))), "classifier", "classifier"),
     "shufflenet_v2_x1_0": _spec(("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5"), "fc", "fc"),

@@ -25,6 +25,7 @@ class ModelConfig:
     dropout: float = 0.0
     hidden: int = 256
     bn_momentum: float | None = None  # the least BatchNorm momentum (None: the builder's), see create_model
+    stem: str = "native"  # the backbone's first layer (Backbone.set_stem); runs saved before it: native
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,17 +97,23 @@ def create_model(
     weights: str | None = None,
     freeze: str = "none",
     bn_momentum: float | None = None,
+    stem: str = "native",
     verbose: bool = False,
 ) -> Classifier:
     """Build ``model`` (a backbone name) with a ``head`` for ``num_classes`` classes.
 
     ``weights`` (a .pth/.safetensors file, a gapvision run directory or ``torchvision:DEFAULT``) are loaded where
     names and shapes match; ``freeze`` is ``none``, ``backbone`` or ``bn`` (BatchNorm statistics fixed);
-    ``bn_momentum``: BatchNorm layers with a lower momentum get this one (:func:`raise_bn_momentum`).
+    ``bn_momentum``: BatchNorm layers with a lower momentum get this one (:func:`raise_bn_momentum`); ``stem``:
+    the backbone's first layer (``native``, ``pooled`` where offered: :meth:`Backbone.set_stem`; ``auto``: pooled
+    from scratch where offered, else native), recorded resolved in ``net.config``.
     """
-    cfg = ModelConfig(model, head, int(num_classes), int(in_channels), int(img_size), float(dropout), int(hidden),
-                      None if bn_momentum is None else float(bn_momentum))
     backbone = create_backbone(model, in_channels=in_channels)
+    if stem == "auto":
+        stem = "pooled" if not weights and "pooled" in backbone.stems else "native"
+    backbone.set_stem(stem)
+    cfg = ModelConfig(model, head, int(num_classes), int(in_channels), int(img_size), float(dropout), int(hidden),
+                      None if bn_momentum is None else float(bn_momentum), stem)
     if bn_momentum is not None:
         raise_bn_momentum(backbone, float(bn_momentum))
     fsize = feature_size(backbone, in_channels, img_size, name=model)

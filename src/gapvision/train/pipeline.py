@@ -65,7 +65,7 @@ def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[s
     """The user's ``options`` with the input settings that follow from the model, the largest input size to take
     from the data, and what the plain defaults need to know of the network (``bf16``: bf16 autocast is fast for it
     here; ``deep_no_norm``: it has more than PLAIN_DEEP_NO_NORM_CONVS convolutions larger than 1 x 1 and no
-    normalisation layers; ``grouped_norm``: it has grouped convolutions and normalisation layers;
+    normalisation layers; ``grouped_norm``: it has grouped convolutions and BatchNorm layers (not ConvNeXt's LayerNorms);
     ``grouped_no_residual``: that, and no residual branch ends in a normalisation layer (models/residual_init.py's
     :func:`~gapvision.models.residual_init.residual_branch_norms` on one forward pass of zeros); all only from
     scratch):
@@ -81,10 +81,11 @@ def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[s
     grouped = any(m.groups > 1 for m in convs)
     scratch = not options.get("weights")  # the lr rules were measured from scratch, not for fine-tuning
     normalised = has_normalization(backbone)
+    batch_normalised = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
     spatial = sum(max(m.kernel_size) > 1 for m in convs)
     traits = {"bf16": not grouped and native_bf16(str(options.get("device") or "auto")),
               "deep_no_norm": scratch and not normalised and spatial > PLAIN_DEEP_NO_NORM_CONVS,
-              "grouped_norm": scratch and grouped and normalised}
+              "grouped_norm": scratch and grouped and batch_normalised}
     traits["grouped_no_residual"] = traits["grouped_norm"] and not has_residual_norms(backbone)
     size = backbone.native_size
     if choose_recipe(options, img_size=0) == "transfer":
@@ -186,6 +187,8 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
     for note in splits.notes:
         say(f"note: {note}")
     net = build_network(mopts, len(splits.classes), pre, verbose=not tcfg.quiet)
+    if net.config is not None and net.config.stem != "native" and user.get("stem") is None:
+        say(f"note: {mopts.model} from scratch takes the {net.config.stem} stem (--stem; native: the builder's)")
     if backbone_state is not None:
         net.backbone.load_state_dict(backbone_state)
     else:
@@ -203,10 +206,11 @@ SCRATCH_BN_MOMENTUM = 0.1
 
 def build_network(mopts: ModelOptions, num_classes: int, pre: Preprocess, verbose: bool = False) -> Classifier:
     """The network a run starts from, before :func:`initialise`: the model options at the input settings, pretrained
-    weights loaded and frozen as asked; from scratch, BatchNorm momenta of at least SCRATCH_BN_MOMENTUM."""
+    weights loaded and frozen as asked; from scratch, BatchNorm momenta of at least SCRATCH_BN_MOMENTUM and the
+    pooled stem where the backbone offers one (``--stem auto``)."""
     return create_model(mopts.model, mopts.head, num_classes, in_channels=pre.channels, img_size=pre.img_size,
                         dropout=mopts.dropout, hidden=mopts.hidden, weights=mopts.weights, freeze=mopts.freeze,
-                        bn_momentum=None if mopts.weights else SCRATCH_BN_MOMENTUM, verbose=verbose)
+                        bn_momentum=None if mopts.weights else SCRATCH_BN_MOMENTUM, stem=mopts.stem, verbose=verbose)
 
 
 INIT_IMAGES = 64  # the batch of training images that the data-dependent initialisation measures
