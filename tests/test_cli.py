@@ -70,6 +70,20 @@ def test_summary_prints_table(capsys):
     assert "head params" in out.lower()
 
 
+def test_summary_shows_the_stem_train_builds_from_scratch(capsys):
+    assert main(["summary", "--model", "convnext_tiny", "--num-classes", "4"]) == 0
+    pooled = capsys.readouterr().out
+    assert main(["summary", "--model", "convnext_tiny", "--num-classes", "4", "--stem", "native"]) == 0
+    native = capsys.readouterr().out
+    def stem_row(out):  # the stem's row: the same parameters, 4x the mult-adds (the convolution at stride 2)
+        row = next(line for line in out.splitlines() if ": 3-1 " in line).split()
+        return int(row[-2].replace(",", "")), int(row[-1].replace(",", ""))
+
+    assert stem_row(pooled)[0] == stem_row(native)[0] and 3.9 < stem_row(pooled)[1] / stem_row(native)[1] < 4.1
+    assert main(["summary", "--model", "resnet18", "--stem", "pooled"]) == 2  # one line: resnet18 offers native
+    assert "--stem pooled: resnet18 offers native" in capsys.readouterr().err
+
+
 def test_tutorial_tsv_grayscale_manifest_trains_with_one_channel(tmp_path):
     """The tutorial format: train_master.tsv (file_name<TAB>expression) beside a train/ folder of grayscale JPEGs."""
     import gapvision as gv

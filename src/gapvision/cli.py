@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Any, Sequence
 
+from .choices import STEMS
 from .errors import GapvisionError, Interrupted
 from .options import (OPTION_NAMES, add_data_args, add_model_args, add_preprocess_args, add_pretrained_args,
                       add_train_args, collect, load_opts)
@@ -100,7 +101,7 @@ def cmd_summary(a: argparse.Namespace) -> None:
         return
     channels = int(a.channels or 3)
     net = create_model(a.model or "gapcnn", a.head or "gap", a.num_classes, in_channels=channels,
-                       img_size=a.img_size, dropout=a.dropout or 0.0, hidden=a.hidden or 256)
+                       img_size=a.img_size, dropout=a.dropout or 0.0, hidden=a.hidden or 256, stem=a.stem)
     print(summarize(net, a.img_size, channels))
 
 
@@ -162,6 +163,8 @@ def register(sub: Any) -> None:
     s.add_argument("--channels", choices=["1", "3"])
     s.add_argument("--dropout", type=float)
     s.add_argument("--hidden", type=int)
+    s.add_argument("--stem", choices=list(STEMS), default="auto",
+                   help="the first layer, as `train` builds it from scratch (auto: pooled for ConvNeXt; default auto)")
     s.add_argument("--list", nargs="?", const="builtin", metavar="timm[:PATTERN]",
                    help="list the built-in backbones; --list timm: every timm model (--model timm:NAME), "
                    "--list 'timm:*resnet*' those matching")
