@@ -345,6 +345,30 @@ def test_convnext_from_scratch_takes_the_pooled_stem_and_keeps_its_tensor_names(
     assert ModelConfig.from_dict({"model": "convnext_tiny"}).stem == "native"  # runs saved before the option
 
 
+def test_weights_from_a_run_directory_keep_that_runs_stem(tmp_path):
+    """``--weights RUN_DIR`` of a ConvNeXt trained from scratch (pooled stem): ``--stem auto`` rebuilds that stem, as
+    the weights were trained with it; a weights file keeps the builder's."""
+    torch = pytest.importorskip("torch")
+    import json
+
+    from safetensors.torch import save_file
+
+    from gapvision.models import create_model
+
+    pooled = create_model("convnext_tiny", num_classes=4, img_size=64, stem="pooled").eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file({k: v.contiguous() for k, v in pooled.state_dict().items()}, str(run / "model.safetensors"))
+    (run / "config.json").write_text(json.dumps({"format_version": 1, "classes": list("abcd"), "preprocess": {},
+                                                 "model": pooled.config.to_dict()}))
+    again = create_model("convnext_tiny", num_classes=4, img_size=64, weights=str(run), stem="auto").eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert again.config.stem == "pooled" and torch.equal(again(x), pooled(x))
+    save_file({k: v.contiguous() for k, v in pooled.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    assert create_model("convnext_tiny", num_classes=4, weights=str(tmp_path / "w.safetensors"),
+                        stem="auto").config.stem == "native"
+
+
 def test_grouped_networks_without_residual_branches_to_zero_get_a_faster_backbone_and_a_slower_head():
     """ShuffleNetV2 (concatenations) has no residual branch that ends in a normalisation layer; the other grouped
     networks with BatchNorm do (zero_init_residual starts them as the identity). Only it gets

@@ -136,7 +136,7 @@ MODEL_HELP: dict[str, str | tuple[str, str]] = {
             "with normalisation layers and data for those without, default = the builder's",
     "stem": "the first layer of backbones that offer another one (ConvNeXt): pooled = the 4x4 patchify convolution "
             "made overlapping (stride 2) and followed by a 3x3 max pool, same output size, same weight shapes; auto "
-            "= pooled from scratch, native (the builder's) with --weights",
+            "= pooled from scratch, native (the builder's) with --weights FILE, the run's own with --weights RUN_DIR",
 }
 TRAIN_HELP: dict[str, str | tuple[str, str]] = {
     "epochs": "", "batch_size": "images per step; under torchrun the global batch, split evenly across the processes",

@@ -105,12 +105,15 @@ def create_model(
     ``weights`` (a .pth/.safetensors file, a gapvision run directory or ``torchvision:DEFAULT``) are loaded where
     names and shapes match; ``freeze`` is ``none``, ``backbone`` or ``bn`` (BatchNorm statistics fixed);
     ``bn_momentum``: BatchNorm layers with a lower momentum get this one (:func:`raise_bn_momentum`); ``stem``:
-    the backbone's first layer (``native``, ``pooled`` where offered: :meth:`Backbone.set_stem`; ``auto``: pooled
-    from scratch where offered, else native), recorded resolved in ``net.config``.
+    the backbone's first layer (``native``, ``pooled`` where offered: :meth:`Backbone.set_stem`; ``auto``: the stem
+    of a run directory given as ``weights``, pooled from scratch where offered, else native), recorded resolved in
+    ``net.config``.
     """
     backbone = create_backbone(model, in_channels=in_channels)
-    if stem == "auto":
-        stem = "pooled" if not weights and "pooled" in backbone.stems else "native"
+    if stem == "auto":  # a run's own stem with its weights, the pooled one from scratch where offered, else native
+        from .weights import run_stem
+
+        stem = run_stem(weights) or ("pooled" if not weights and "pooled" in backbone.stems else "native")
     backbone.set_stem(stem)
     cfg = ModelConfig(model, head, int(num_classes), int(in_channels), int(img_size), float(dropout), int(hidden),
                       None if bn_momentum is None else float(bn_momentum), stem)

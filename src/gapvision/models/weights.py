@@ -71,6 +71,15 @@ def _names(keys: list[str], limit: int = 4) -> str:
 # --- reading ----------------------------------------------------------------------------------------------------
 
 
+def run_stem(source: str | None) -> str | None:
+    """The stem (config.json's ``model.stem``) of a gapvision run directory given as ``--weights``: its weights were
+    trained with it. None for a file, a torchvision name or no weights; ``native`` for a run saved before stems."""
+    p = Path(source) if source else None
+    if p is None or not p.is_dir() or not (p / "config.json").is_file():
+        return None
+    return str(read_config(p)["model"].get("stem", "native"))
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors or .pth/.pt/.th/.bin file, or of a gapvision run directory's model.safetensors.
 
