@@ -291,20 +291,21 @@ def test_fewshot_needs_calibration_then_learns_objectness_from_the_boxes(tmp_pat
 
 def test_fewshot_cell_labels_and_the_stage_it_taps():
     torch = pytest.importorskip("torch")
-    from gapvision.localize.fewshot import cell_labels, tap_module, tapped_features, tapped_stage
+    from gapvision.localize.fewshot import cell_labels, tapped_features, tapped_stage
     from gapvision.models import create_model
 
     # a 4 x 2 grid over a 40 x 20 image: cell centres at x 5, 15, 25, 35 and y 5, 15
     inside = cell_labels((40, 20), [(0, 0, 20, 10), (30, 10, 40, 20)], (2, 4))
     assert inside.tolist() == [[True, True, False, False], [False, False, False, True]]
     net = create_model("resnet18", head="gap", num_classes=2).eval()
-    assert tap_module(net, 3, 64) == "layer4"  # its input: layer3's 4 x 4 map, pooled onto layer4's 2 x 2
-    tap, tuned = tapped_stage(net, 3, 64)  # the layers fine-tuning trains: layer4 and what it contains, in order
+    # the tap's input: layer3's 4 x 4 map, pooled onto layer4's 2 x 2; the layers fine-tuning trains: layer4 and
+    # what it contains, in order
+    tap, tuned = tapped_stage(net, 3, 64)
     assert tap == "layer4" and tuned[:3] == ["layer4", "layer4.0", "layer4.0.conv1"]
     assert all(n.startswith("layer4") for n in tuned) and "layer4.1.bn2" in tuned
     feats, desc = tapped_features(net, torch.zeros(2, 3, 64, 64), "layer4")
     assert feats.shape == (2, 512, 2, 2) and desc.shape == (2, 512 + 256, 2, 2)
-    assert tap_module(create_model("mobilenet_v2", head="gap", num_classes=2).eval(), 3, 64) == "features.14"
+    assert tapped_stage(create_model("mobilenet_v2", head="gap", num_classes=2).eval(), 3, 64)[0] == "features.14"
 
 
 def test_fewshot_fine_tunes_only_the_tapped_stage_on_a_copy_and_keeps_it_in_the_run(tmp_path):
@@ -363,7 +364,7 @@ def test_fewshot_fine_tunes_only_the_tapped_stage_on_a_copy_and_keeps_it_in_the_
 def test_fewshot_maps_reuse_the_run_nets_layers_before_the_tap(arch):
     torch = pytest.importorskip("torch")
     from gapvision.localize import fewshot
-    from gapvision.localize.fewshot import Objectness, run_from, tap_module, tapped_features, tapped_stage
+    from gapvision.localize.fewshot import Objectness, run_from, tapped_features, tapped_stage
     from gapvision.models import create_model
 
     torch.manual_seed(0)
@@ -388,7 +389,7 @@ def test_fewshot_maps_reuse_the_run_nets_layers_before_the_tap(arch):
     assert torch.equal(feats, net.features(x)) and not torch.allclose(shared[:, :net.backbone.out_channels],
                                                                      feats)
     assert torch.equal(shared, full)  # the same operations on the same tensors
-    assert run_from(tuned.backbone, "no.such.layer", x) is None and tap_module(net, 3, 64) == tap
+    assert run_from(tuned.backbone, "no.such.layer", x) is None
 
     class OwnForward(type(tuned.backbone)):  # a backbone with a forward of its own (timm's): the whole copy runs
         def forward(self, x):

@@ -5,7 +5,7 @@ images exist -- and the WSOL protocol needs those images anyway, to choose the t
 ``gapvision localize RUN --calibrate DATA --method fewshot`` fits, on the calibration images at each calibration
 scale, a logistic regression that tells the map cells inside a ground-truth box (of any class) from the others. Its
 inputs are the backbone's descriptors at each cell: the final feature map and the feature map at the end of the
-stage before it (:func:`tap_module`: the input of the module that brings it to the final resolution), average-pooled
+stage before it (:func:`tapped_stage`: the input of the module that brings it to the final resolution), average-pooled
 onto the final grid. The final map alone says what the classifier looks at; the earlier stage adds
 what the object looks like at a finer scale. The map of a class is the regression's logit at each cell -- the same
 objectness map for every class the classifier decides is present (images with objects of one class, as in WSOL;
@@ -129,17 +129,13 @@ def forward_order(net: nn.Module, channels: int, img_size: int) -> tuple[list[tu
     return started, shapes, final
 
 
-def tap_module(net: nn.Module, channels: int, img_size: int) -> str | None:
-    """The name (in ``net.backbone``) of the module that takes the stage before the last to the final resolution:
-    the first module a forward pass starts whose input is finer than the final feature map (at most twice as fine)
-    and whose output has the final size (ResNets' ``layer4``, MobileNetV2's first stride-2 block of the last
-    stage). Its input is the end of that earlier stage. None when the backbone has no such module."""
-    return tapped_stage(net, channels, img_size)[0]
-
-
 def tapped_stage(net: nn.Module, channels: int, img_size: int) -> tuple[str | None, list[str]]:
-    """:func:`tap_module` and the backbone modules that a forward pass starts from it on (the tap, what it
-    contains, what follows: the layers the fine-tuning trains), from one forward pass."""
+    """The tap: the name (in ``net.backbone``) of the module that takes the stage before the last to the final
+    resolution, i.e. the first module a forward pass starts whose input is finer than the final feature map (at most
+    twice as fine) and whose output has the final size (ResNets' ``layer4``, MobileNetV2's first stride-2 block of
+    the last stage; its input is the end of that earlier stage); and the modules that the pass starts from it on
+    (the tap, what it contains, what follows: the layers the fine-tuning trains). ``(None, [])`` when the backbone
+    has no such module."""
     started, shapes, final = forward_order(net, channels, img_size)
     h, w = final
     names = [n for n, _ in started]
