@@ -96,7 +96,51 @@ def test_predict_on_a_broken_image_names_it(trained_run, tmp_path, capsys):
     _pixels(0, (40, 40)).save(bad)
     _truncate(bad)
     rc, _, err = _cli(["predict", trained_run, bad], capsys)
-    _one_line_error(rc, err, "broken.png")
+    _one_line_error(rc, err, "broken.png", "--skip-bad")
+
+
+@pytest.mark.parametrize("command", ["predict", "localize"])
+def test_skip_bad_goes_on_past_a_broken_image_and_records_it(command, trained_run, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        _pixels(10 + i, (40, 30)).save(folder / f"{i}-ok.png")
+    (folder / "1-cut.png").write_bytes((folder / "1-ok.png").read_bytes()[:200])  # sorts between the good ones
+    names = sorted(str(p) for p in folder.iterdir())
+    cut = str(folder / "1-cut.png")
+
+    rc, _, err = _cli([command, trained_run, folder], capsys)  # the default stops at it, pointing to --skip-bad
+    _one_line_error(rc, err, "1-cut.png", "--skip-bad")
+
+    rc, out, err = _cli([command, trained_run, folder, "--skip-bad", "--json"], capsys)
+    assert rc == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["image"] for r in records] == names  # in input order, the broken one in its place
+    (broken,) = [r for r in records if "error" in r]
+    assert broken["image"] == cut and "1-cut.png" in broken["error"] and "--skip-bad" not in broken["error"]
+    assert err.strip().startswith("note: skipped 1 unreadable image (first: ") and "1-cut.png" in err
+    good = [folder / f"{i}-ok.png" for i in range(3)]
+    if command == "predict":  # the same answers as without the broken file
+        alone = gv.load_run(trained_run).predict(good)
+        assert [r for r in records if "error" not in r] == alone
+    else:
+        assert all("detections" in r for r in records if "error" not in r)
+        rc, out, err = _cli([command, trained_run, folder, "--skip-bad", "--out", tmp_path / "maps"], capsys)
+        assert rc == 0 and "3 result(s) written" in out and "skipped 1" in err
+        assert sorted(p.name for p in (tmp_path / "maps").glob("*.json")) == ["0-ok.json", "1-ok.json", "2-ok.json"]
+
+    table = [] if command == "localize" else ["--topk", "1"]
+    rc, out, err = _cli([command, trained_run, folder, "--skip-bad", *table], capsys)
+    assert rc == 0 and len(out.strip().splitlines()) == 3
+    assert "1-cut.png" not in out and "skipped 1" in err
+
+    jsonl = tmp_path / f"{command}.jsonl"
+    for rerun in (False, True):  # --output: the broken image's record counts as done, so a rerun computes nothing
+        rc, out, err = _cli([command, trained_run, folder, "--skip-bad", "--output", jsonl], capsys)
+        assert rc == 0, err
+        assert ("0 computed now, 4 already done" in out) == rerun and "skipped 1" in err
+        lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        assert [r["image"] for r in lines] == names and [r["image"] for r in lines if "error" in r] == [cut]
 
 
 # --------------------------------------------------------------------------------------------- odd but valid images

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from .choices import STEMS
 from .errors import GapvisionError, Interrupted
 from .options import (OPTION_NAMES, add_data_args, add_model_args, add_preprocess_args, add_pretrained_args,
-                      add_train_args, collect, load_opts)
+                      add_skip_bad_arg, add_train_args, collect, load_opts)
 
 #: the modules whose ``register(sub)`` adds sub-commands, in the order ``--help`` lists them
 COMMAND_MODULES = ("gapvision.cli", "gapvision.share", "gapvision.compare.cli", "gapvision.localize.cli")
@@ -56,6 +56,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
+    from .data.images import unreadable_note
     from .predict import format_table, open_predictor
     from .runs import list_images
 
@@ -65,19 +66,25 @@ def cmd_predict(a: argparse.Namespace) -> None:
     if a.output:  # shared across torchrun processes, merged in input order, resumable
         from .distributed import current, predict_to_jsonl
 
-        res = predict_to_jsonl(run, inputs, a.output, topk=a.topk)
+        res = predict_to_jsonl(run, inputs, a.output, topk=a.topk, skip_bad=bool(a.skip_bad))
         if current().is_main:
             print(res.summary())
+            note = unreadable_note(res.records()) if a.skip_bad else None
+            if note:
+                print(note, file=sys.stderr)
         return
     images = list_images(inputs)
     if not images:
         raise GapvisionError("no images found in " + ", ".join(inputs))
-    results = run.predict(images, topk=a.topk)
+    results = run.predict(images, topk=a.topk, skip_bad=bool(a.skip_bad))
     if a.json:
         for r in results:
             print(json.dumps(r, ensure_ascii=False))
     else:
-        print(format_table(results))
+        print(format_table([r for r in results if "error" not in r]))
+    note = unreadable_note(results)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def cmd_inspect(a: argparse.Namespace) -> None:
@@ -147,6 +154,7 @@ def register(sub: Any) -> None:
     pr.add_argument("--json", action="store_true", help="one JSON object per image")
     pr.add_argument("--output", metavar="FILE.jsonl", help="write the --json records to FILE in input order (folders "
                     "and .csv/.tsv manifests); under torchrun the processes share the images; a rerun skips those done")
+    add_skip_bad_arg(pr)
     add_pretrained_args(pr)
     pr.set_defaults(handler=cmd_predict)
 

@@ -338,6 +338,10 @@ class ShardedResult:
     done_before: int  # skipped: already in the output or in a shard of an interrupted run
     computed: int  # by all ranks together in this call
 
+    def records(self) -> list[dict]:
+        """The records of the output file, in input order."""
+        return _read_jsonl(self.output)
+
     def summary(self) -> str:
         world = current().world_size
         by = f" by {world} processes" if world > 1 else ""
@@ -424,17 +428,21 @@ def _sharded_inputs(inputs: Sequence[str | Path]) -> list[str]:
 
 
 def predict_to_jsonl(run: Any, inputs: Sequence[str | Path], output: str | Path, *, topk: int = 3,
-                     batch_size: int = 64) -> ShardedResult:
+                     batch_size: int = 64, skip_bad: bool = False) -> ShardedResult:
     """``gapvision predict --output FILE.jsonl``: top-k records (as ``--json`` prints them) for every input image,
-    computed by all torchrun ranks together and merged in input order; a rerun skips images already done."""
+    computed by all torchrun ranks together and merged in input order; a rerun skips images already done.
+    ``skip_bad``: an image file that does not decode gets an ``{"image", "error"}`` record (done, like the rest)."""
     names = _sharded_inputs(inputs)  # joins the process group first: --device auto is then this rank's GPU
-    return map_to_jsonl(names, lambda chunk: run.predict(chunk, topk=topk), output, batch_size=batch_size)
+    return map_to_jsonl(names, lambda chunk: run.predict(chunk, topk=topk, skip_bad=skip_bad), output,
+                        batch_size=batch_size)
 
 
 def localize_to_jsonl(run: Any, inputs: Sequence[str | Path], output: str | Path, *, batch_size: int = 16,
-                      **options: Any) -> ShardedResult:
+                      skip_bad: bool = False, **options: Any) -> ShardedResult:
     """``gapvision localize --output FILE.jsonl``: one localisation record per input image (as ``--json`` prints
-    them), shared across torchrun ranks like :func:`predict_to_jsonl`. ``options`` go to the Localizer."""
+    them), shared across torchrun ranks like :func:`predict_to_jsonl` (``skip_bad`` as there). ``options`` go to
+    the Localizer."""
+    from .data.images import records_of_readable
     from .localize.api import Localizer, as_run
     from .localize.video import is_video
 
@@ -445,5 +453,8 @@ def localize_to_jsonl(run: Any, inputs: Sequence[str | Path], output: str | Path
     if current().active and str(options.get("device") or "").startswith("cuda:"):
         options["device"] = "cuda"  # this rank's GPU, selected by setup()
     loc = Localizer(as_run(run), **options)
-    return map_to_jsonl(names, lambda chunk: [r.to_dict() for r in loc(chunk, chunk, batch_size)], output,
-                        batch_size=batch_size)
+    def records(pils: list, chunk: list[str]) -> list[dict]:
+        return [r.to_dict() for r in loc(pils, chunk, batch_size)]
+
+    return map_to_jsonl(names, lambda chunk: records_of_readable(chunk, chunk, records) if skip_bad
+                        else records(chunk, chunk), output, batch_size=batch_size)

@@ -195,6 +195,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     add_options(p.add_argument_group("training"), TRAIN_HELP)
 
 
+def add_skip_bad_arg(p: argparse.ArgumentParser) -> None:
+    """``--skip-bad`` (the data option) for the commands that run a model over image files: predict, localize."""
+    add_option(p, "skip_bad", "go on past image files that do not decode: each gets a record {\"image\", \"error\"} "
+               "(--json, --output) and one note says how many (default: stop at the first, naming it)")
+
+
 def add_pretrained_args(p: argparse.ArgumentParser) -> None:
     """Options that build a predictor from a backbone + weights + labels instead of a run directory."""
     g = p.add_argument_group("pretrained model instead of a run")

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from .choices import TTA_MODES
-from .data.images import to_pil
+from .data.images import records_of_readable, to_pil
 from .data.transforms import Preprocess, eval_transform, normalize
 from .devices import choose_device, resolve_precision
 
@@ -179,16 +179,25 @@ class Predictor:
                           torch.cat(probs).numpy() if probs else None)
 
     # -- named answers ---------------------------------------------------------------------------------------------
-    def predict(self, images: Any, topk: int = 3, batch_size: int | None = None) -> list[dict]:
-        """``[{"image": name, "top": [{"label": ..., "prob": ...}, ...]}, ...]`` for each image."""
+    def predict(self, images: Any, topk: int = 3, batch_size: int | None = None,
+                skip_bad: bool = False) -> list[dict]:
+        """``[{"image": name, "top": [{"label": ..., "prob": ...}, ...]}, ...]`` for each image. ``skip_bad``: an
+        image file that does not decode gets ``{"image": name, "error": why}`` instead of stopping the batch."""
         items = as_list(images)
+        names = [image_name(im, n) for n, im in enumerate(items)]
+        if not skip_bad:
+            return self._top(items, names, topk, batch_size)
+        step = int(batch_size or self.batch_size)  # decoded a batch at a time: a folder need not fit in memory
+        return [rec for i in range(0, len(items), step) for rec in records_of_readable(
+            items[i: i + step], names[i: i + step], lambda ims, ns: self._top(ims, ns, topk, step))]
+
+    def _top(self, items: list[Any], names: list[str], topk: int, batch_size: int | None) -> list[dict]:
         probs = self.probs(items, batch_size)
         classes = self.classes or [str(i) for i in range(probs.shape[1])]
         k = max(1, min(topk, len(classes)))
         top_p, top_i = probs.topk(k, dim=1)
-        return [{"image": image_name(im, n),
-                 "top": [{"label": classes[int(j)], "prob": round(float(p), 6)} for p, j in zip(ps, js)]}
-                for n, (im, ps, js) in enumerate(zip(items, top_p, top_i))]
+        return [{"image": name, "top": [{"label": classes[int(j)], "prob": round(float(p), 6)} for p, j in zip(ps, js)]}
+                for name, ps, js in zip(names, top_p, top_i)]
 
     def _pre(self) -> Preprocess:
         if self.preprocess is None:

@@ -191,9 +191,11 @@ class Run:
         """Logits (CPU) for a list of images (paths, PIL images or uint8 arrays), each resized to the training size."""
         return self.predictor.logits(images, batch_size=batch_size)
 
-    def predict(self, images: Sequence[Any] | Any, topk: int = 3, batch_size: int | None = None) -> list[dict]:
-        """``[{"image": name, "top": [{"label": ..., "prob": ...}, ...]}, ...]`` for each image."""
-        return self.predictor.predict(images, topk=topk, batch_size=batch_size)
+    def predict(self, images: Sequence[Any] | Any, topk: int = 3, batch_size: int | None = None,
+                skip_bad: bool = False) -> list[dict]:
+        """``[{"image": name, "top": [{"label": ..., "prob": ...}, ...]}, ...]`` for each image (``skip_bad``: an
+        undecodable image file gets ``{"image": name, "error": why}`` instead of stopping the batch)."""
+        return self.predictor.predict(images, topk=topk, batch_size=batch_size, skip_bad=skip_bad)
 
 
 def load_run(path: str | Path) -> Run:

@@ -11,7 +11,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -132,6 +132,32 @@ def to_pil(im: "str | os.PathLike | Image.Image | np.ndarray") -> Image.Image:
         return open_image(im)
     arr = np.asarray(im)
     return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+
+
+def records_of_readable(items: Sequence[Any], names: Sequence[str],
+                        fn: Callable[[list[Image.Image], list[str]], list[dict]]) -> list[dict]:
+    """Batch inference's ``--skip-bad``: ``fn(images, names)`` (one record per image) on the ``items`` that decode
+    (paths through :func:`open_image`; PIL images and arrays as given), and in the place of each path that does not,
+    the record ``{"image": name, "error": why}`` (one line, without advice), so that one bad file neither stops the
+    batch nor goes missing from the output."""
+    decoded: list[Image.Image | str] = []
+    for im in items:
+        try:
+            decoded.append(to_pil(im))
+        except DataError as e:
+            decoded.append(str(e).removesuffix(f": {_HINT}"))
+    good = [i for i, im in enumerate(decoded) if not isinstance(im, str)]
+    done = iter(fn([decoded[i] for i in good], [names[i] for i in good]) if good else [])  # type: ignore[misc]
+    return [{"image": names[i], "error": im} if isinstance(im, str) else next(done) for i, im in enumerate(decoded)]
+
+
+def unreadable_note(records: Sequence[dict]) -> str | None:
+    """One line about the records :func:`records_of_readable` gave for files that did not decode (None: there are
+    none)."""
+    bad = [r for r in records if "error" in r]
+    if not bad:
+        return None
+    return f"note: skipped {len(bad)} unreadable image{'s' * (len(bad) > 1)} (first: {bad[0]['error']})"
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

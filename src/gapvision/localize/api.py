@@ -40,6 +40,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .. import atomic
 from ..choices import LOCALIZE_METHODS
+from ..data.images import records_of_readable
 from ..data.transforms import Preprocess, normalize, to_uint8
 from ..errors import ConfigError, GapvisionError
 from ..runs import Run, load_run, to_pil
@@ -452,14 +453,15 @@ class OutputWriter:
 
 def localize(run_or_model: Run | str | Path | nn.Module, images: Any, out: str | Path | None = None, *,
              classes: Sequence[str] | None = None, preprocess: Preprocess | None = None, render: bool = True,
-             every: int = 1, batch_size: int = 16, **options: Any) -> list[dict]:
+             every: int = 1, batch_size: int = 16, skip_bad: bool = False, **options: Any) -> list[dict]:
     """Localise the classes of ``run_or_model`` in ``images`` and return one JSON-ready dict per image (per frame
     for videos): ``{"image", "size", "map_size", "stride", "classes", "detections"}``, boxes in image pixels.
 
     ``images``: paths (images, folders, video files), PIL images or uint8 arrays. With ``out`` every image gets
     ``<stem>.json``, ``<stem>_boxes.png`` and ``<stem>_maps.png``; a video gets ``<stem>.json`` (all frames) and
     ``<stem>_boxes.gif``. ``options`` go to :class:`Localizer` (method, threshold, topk, min_score, multilabel,
-    nms_iou, scale, max_side, layer, device); ``every`` keeps every n-th video frame.
+    nms_iou, scale, max_side, layer, device); ``every`` keeps every n-th video frame. ``skip_bad``: an image file
+    that does not decode gets ``{"image": name, "error": why}`` (and no files) instead of stopping the batch.
     """
     loc = Localizer(as_run(run_or_model, classes, preprocess), **options)
     items = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -472,13 +474,19 @@ def localize(run_or_model: Run | str | Path | nn.Module, images: Any, out: str |
     results = LocalizeResults()  # a list of dicts that displays its first images with boxes in a notebook
     pending: list[tuple[int, Any]] = []
 
-    def flush() -> None:
-        pils = [to_pil(im) for _, im in pending]
-        for res, pil in zip(loc(pils, [_name(im, i) for i, im in pending], batch_size), pils):
+    def run_batch(pils: list[Image.Image], names: list[str]) -> list[dict]:
+        out = []
+        for res, pil in zip(loc(pils, names, batch_size), pils):
             if writer is not None:
                 writer.write(res, pil)
-            results.append(res.to_dict())
             results.keep(pil, res)
+            out.append(res.to_dict())
+        return out
+
+    def flush() -> None:
+        items, names = [im for _, im in pending], [_name(im, i) for i, im in pending]
+        results.extend(records_of_readable(items, names, run_batch) if skip_bad
+                       else run_batch([to_pil(im) for im in items], names))
         pending.clear()
 
     for i, im in enumerate(items):

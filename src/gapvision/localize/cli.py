@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ..choices import LIBRARY_CAM_METHODS as LIBRARY_METHODS
 from ..choices import LOCALIZE_METHODS as METHODS
 from ..errors import GapvisionError
-from ..options import add_pretrained_args
+from ..options import add_pretrained_args, add_skip_bad_arg
 
 
 def register(sub: Any) -> None:
@@ -72,11 +73,13 @@ def register(sub: Any) -> None:
     p.add_argument("--output", metavar="FILE.jsonl", help="write the --json records of still images to FILE in input "
                    "order (no pictures); under torchrun the processes share the images; a rerun skips those done")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    add_skip_bad_arg(p)
     add_pretrained_args(p)
     p.set_defaults(handler=cmd_localize)
 
 
 def cmd_localize(a: argparse.Namespace) -> None:
+    from ..data.images import unreadable_note
     from ..predict import open_predictor
     from .api import localize, stream_camera
     from .evaluate import calibrate, evaluate_localization
@@ -137,15 +140,23 @@ def cmd_localize(a: argparse.Namespace) -> None:
 
         if a.out:
             raise GapvisionError("--output writes only the JSON records: drop --out (pictures are not sharded)")
-        res = localize_to_jsonl(run, images, a.output, scale=a.scale, **options)
+        res = localize_to_jsonl(run, images, a.output, scale=a.scale, skip_bad=bool(a.skip_bad), **options)
         if current().is_main:
             print(res.summary())
+            note = unreadable_note(res.records()) if a.skip_bad else None
+            if note:
+                print(note, file=sys.stderr)
         return
-    results = localize(run, images, a.out, render=not a.no_render, every=a.every, scale=a.scale, **options)
+    results = localize(run, images, a.out, render=not a.no_render, every=a.every, scale=a.scale,
+                       skip_bad=bool(a.skip_bad), **options)
     for d in results:
-        print(json.dumps(d, ensure_ascii=False) if a.json else _line(d))
+        if a.json or "error" not in d:
+            print(json.dumps(d, ensure_ascii=False) if a.json else _line(d))
     if a.out and not a.json:
-        print(f"{len(results)} result(s) written to {a.out}")
+        print(f"{sum('error' not in d for d in results)} result(s) written to {a.out}")
+    note = unreadable_note(results)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def format_evaluation(m: dict) -> str:
