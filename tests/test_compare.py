@@ -120,7 +120,10 @@ def test_verdict_reads_the_numbers():
     lose = verdict([row("fc", 0.70, 0.005, 3_000_000), row("gap", 0.60, 0.005, 12_810)], {}, ctx)
     assert "**Not here.** FC beats GAP by 10.0 points" in lose and "Winner: fc" in lose
     one = verdict([row("fc", 0.6, 0.0, 30), row("gap", 0.7, 0.0, 10)], {}, {"n_seeds": 1, "setup": "s"})
-    assert "one seed" in one
+    assert "one seed" in one and "GAP beats FC by 10.0 points" in one
+    even = verdict([row("fc", 1.0, 0.0, 30), row("gap", 1.0, 0.0, 10)], {}, {"n_seeds": 1, "setup": "s"})
+    assert "GAP matches FC (100.0 % each)" in even and "beats" not in even.split("\n\n")[1]
+    assert "cannot rank them" in even and "cannot rank" not in one
 
 
 # -- the fast path ------------------------------------------------------------------------------------------------

@@ -204,8 +204,9 @@ def verdict(rows: list[dict], features: dict, context: dict) -> str:
         ratio = fc["head_params"] / max(gap["head_params"], 1)
         fewer = f"with {ratio:,.0f}x fewer head parameters ({gap['head_params']:,} vs {fc['head_params']:,})"
         if n < 2:
-            answer = (f"**Probably{' yes' if diff >= 0 else ' not'}, but one seed cannot tell**: GAP "
-                      f"{'beats' if diff >= 0 else 'trails'} FC by {_pts(diff)} {fewer}.")
+            how = (f"matches FC ({_pct(gap['best_val_acc_mean'])} each)" if abs(diff) < 1e-9 else
+                   f"{'beats' if diff > 0 else 'trails'} FC by {_pts(diff)}")
+            answer = f"**Probably{' yes' if diff >= 0 else ' not'}, but one seed cannot tell**: GAP {how} {fewer}."
         elif diff > spread:
             answer = f"**Yes.** GAP beats FC by {_pts(diff)}, more than the seed spread, {fewer}."
         elif abs(diff) <= spread:
@@ -214,6 +215,9 @@ def verdict(rows: list[dict], features: dict, context: dict) -> str:
         else:
             answer = (f"**Not here.** FC beats GAP by {_pts(diff)}, more than the seed spread ({_pts(spread)}); GAP "
                       f"would save {ratio:,.0f}x head parameters at that cost.")
+        if min(gap["best_val_acc_mean"], fc["best_val_acc_mean"]) >= 1 - 1e-9:
+            answer += (" Both classify every validation image right, so this validation set cannot rank them: compare "
+                       "on harder data or more images.")
         lines += [answer, ""]
     else:
         lines += ["The question needs both the gap and the fc head (--heads fc,gap,...); here is how the heads "
