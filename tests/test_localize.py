@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from gapvision.cli import main
-from gapvision.data.transforms import Preprocess
+from gapvision.data.transforms import Preprocess, normalize
 from gapvision.errors import ConfigError
 from gapvision.localize import (
     Detection, Threshold, component_boxes, evaluate_scenes, grad_cam, localize, nms_per_class, otsu_threshold,
@@ -412,6 +412,43 @@ def test_two_dogs_get_a_box_each_in_pets_jpg(shared_dir, tmp_path):
     centres = [(d["box"][0] + d["box"][2]) / 2 for d in dogs]
     assert any(c < width / 2 for c in centres) and any(c > width / 2 for c in centres), res["detections"]
     assert res["stride"] == 32 and res["size"] == [512, 430]
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("method", ["cam", "gradcam"])
+def test_the_class_predict_is_sure_of_gets_a_box_at_the_photos_own_size(method, shared_dir):
+    """coffee.png at 600 x 400: GAP over the whole photo gives espresso 0.06, below the 0.2 a class needs, so the
+    photo had no box; resized whole, as predict sees it, espresso is 0.94 -- it gets its box, on the cup."""
+    from gapvision.localize.api import Localizer
+    from gapvision.predict import open_predictor
+
+    run = open_predictor(None, model="mobilenet_v2", weights=str(shared_dir / "weights/mobilenet_v2-imagenet.pth"),
+                         labels=str(shared_dir / "labels/imagenet_class_index.json"), normalize="half")
+    photo = shared_dir / "photos/coffee.png"
+    (said,) = run.predict([photo], topk=1)
+    assert said["top"][0]["label"] == "espresso" and said["top"][0]["prob"] > 0.9
+    loc = Localizer(run, method=method)
+    x, _ = loc.prepare(photo)
+    native = loc.method_maps(normalize(x[None], loc.pre))[0]
+    assert float(native.max()) < loc.min_score  # at its own size no class would be boxed
+    (res,) = localize(run, [photo], method=method)
+    (det,) = res["detections"]
+    assert det["label"] == "espresso" and det["score"] == pytest.approx(said["top"][0]["prob"], abs=0.02)
+    x0, y0, x1, y1 = det["box"]
+    assert x0 < 300 < x1 and y0 < 110 < y1 and (x1 - x0) * (y1 - y0) < 0.5 * 600 * 400  # on the cup, not everywhere
+
+
+def test_the_training_views_confident_class_is_raised_and_no_other():
+    from gapvision.localize.api import Localizer
+
+    loc = Localizer.__new__(Localizer)  # the rule alone, no network
+    loc.multilabel = False
+    native = torch.tensor([[0.10, 0.05, 0.85], [0.30, 0.30, 0.40]])
+    decided = torch.tensor([[0.90, 0.05, 0.05], [0.45, 0.35, 0.20]])
+    out = loc._with_confident(native, decided)
+    assert out[0].tolist() == pytest.approx([0.90, 0.05, 0.85])  # class 0 is sure in the training view
+    assert out[1].tolist() == pytest.approx([0.30, 0.30, 0.40])  # nothing reaches 0.5 there: unchanged
+    assert loc._confident(out[0]) == 0 and loc._confident(out[1]) is None
 
 
 def test_cli_calibrate_then_evaluate_prints_the_baselines(shapes_run, tmp_path, capsys):

@@ -88,9 +88,7 @@ def _heat_batch(loc: "Localizer", pils: list, wanted: Sequence[Sequence[int]] | 
     side = pre.img_size
     grid = (side, side)
     x = normalize(base.to(loc.device), pre)
-    with torch.inference_mode():
-        logits = loc.fcn.logits(loc.fcn(x)) if loc.fcn is not None else loc.net(x)  # type: ignore[misc]
-    probs = (torch.sigmoid(logits) if loc.multilabel else torch.softmax(logits.float(), dim=1)).cpu()
+    probs = loc.view_probs(x)
     top = probs.argmax(dim=1)
     asked = [() if wanted is None else (wanted(probs[i].numpy()) if callable(wanted) else wanted[i])
              for i in range(len(pils))]
