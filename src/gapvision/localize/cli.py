@@ -31,7 +31,8 @@ def register(sub: Any) -> None:
                    "probability (fcn) / map value (cam, gradcam) such as 0.7")
     p.add_argument("--min-score", type=float, help="fcn: the probability a class region must reach (default 0.9); "
                    "cam/gradcam: the lowest class probability (default 0.2)")
-    p.add_argument("--topk", type=int, default=5, help="at most K classes per image (default 5)")
+    p.add_argument("--topk", type=int, default=5, help="at most K classes per image (default 5); fcn boxes only "
+                   "classes the whole image ranks among its top K, at its own size or resized whole")
     p.add_argument("--background", choices=["blank", "none"], default="blank",
                    help="fcn: blank (default) measures evidence against a blank image, so plain background is no "
                    "class; none: plain softmax over the classes")
