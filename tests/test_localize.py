@@ -506,3 +506,5 @@ def test_cli_fewshot_is_fitted_by_calibrate_and_warns_when_evaluated_on_the_same
     assert "fine_tune" not in json.loads((run / "localize.json").read_text())["methods"]["fewshot"]["fewshot"]
     assert main(["localize", str(run), "--calibrate", data, "--method", "fewshot", "--fewshot-epochs", "-1"]) == 2
     assert "--fewshot-epochs -1" in capsys.readouterr().err
+    assert main(["localize", str(run), "--calibrate", data, "--images", "0"]) == 2
+    assert "--images 0: calibrate on at least 1 image" in capsys.readouterr().err

@@ -239,6 +239,9 @@ def calibrate(run_or_model: Any, data: str, *, split: str = "train", images: int
     :data:`~.fewshot.FINE_TUNE_EPOCHS`, 0 for the linear probe alone). Returns the saved entry."""
     if fewshot_epochs is not None and fewshot_epochs < 0:
         raise ConfigError(f"--fewshot-epochs {fewshot_epochs}: give 0 (the linear probe alone) or more")
+    if images is not None and images < 1:
+        raise ConfigError(f"--images {images}: calibrate on at least 1 image (default 32; the WSOL protocol uses a few "
+                          "dozen)")
     run = as_run(run_or_model)
     imgs = annotated_images(run, data, split)
     if images is not None and len(imgs) > images:
