@@ -91,3 +91,9 @@ def test_localize_results_are_the_plain_dicts_and_display_boxes(run, tmp_path):
     assert "2 more result(s) not shown" in html and images_in(html, "jpeg") == 2 * DISPLAY_LIMIT
     first = res[0]["detections"][0]
     assert f"{first['label']} {first['score']:.2f}" in html
+    # --skip-bad's record of a file that did not decode is counted as such, not as a result left out
+    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    few = gv.localize(run, [scenes[0], tmp_path / "cut.png"], method="cam", skip_bad=True)
+    assert "error" in few[1] and few[1]["image"] == str(tmp_path / "cut.png")
+    html = few._repr_html_()
+    assert html.count('class="gv-tile"') == 1 and "1 unreadable file(s) skipped" in html and "not shown" not in html

@@ -147,8 +147,10 @@ def localize_html(results: "LocalizeResults") -> str:
         found = ", ".join(f"{d.label} {d.score:.2f}" for d in loc.detections) or "nothing above the threshold"
         tiles.append(f'<div class="gv-tile">{img_tag(boxed, "boxes", jpeg=True)}{heat}'
                      f"<b>{esc(found)}</b><br><small>{esc(loc.image)}</small></div>")
-    more = len(results) - len(results.shown)
-    tail = f"<p><small>{more} more result(s) not shown</small></p>" if more > 0 else ""
+    bad = sum("error" in r for r in results)  # --skip-bad's records of files that did not decode
+    more = len(results) - len(results.shown) - bad
+    notes = ([f"{more} more result(s) not shown"] if more > 0 else []) + ([f"{bad} unreadable file(s) skipped"] if bad else [])
+    tail = f"<p><small>{esc('; '.join(notes))}</small></p>" if notes else ""
     return _block("localize", f"Localisation: {len(results)} image(s)", f'<div class="gv-grid">{"".join(tiles)}</div>',
                   tail)
 
