@@ -110,3 +110,28 @@ def test_the_model_stays_where_the_predictor_put_it(ema_tta_run):
 
     exported_module(run, fcn=False)
     assert run.device() == device and next(run.model.parameters()).device.type == device.type
+
+
+def test_evaluate_split_of_a_plain_folder_is_the_runs_own_seeded_split(tmp_path, capsys):
+    """A folder without split sub-folders: ``--split val`` is the validation split the run trained with (its
+    ``--val-split`` and ``--seed``), so evaluate repeats metrics.json; without ``--split`` every image counts."""
+    x, y = make_shapes(40, 16, seed=5)
+    for i, (img, label) in enumerate(zip(x, y)):
+        path = tmp_path / "data" / SHAPE_CLASSES[int(label)] / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path)
+    data, out = str(tmp_path / "data"), tmp_path / "run"
+    assert main(["train", "--data", data, "--model", "gapcnn", "--epochs", "1", "--img-size", "16", "--val-split",
+                 "0.3", "--seed", "3", "--workers", "0", "--quiet", "--out", str(out)]) == 0
+    val = load_run(out).metrics["val"]
+    assert main(["evaluate", str(out), "--data", data, "--split", "val", "--out", str(tmp_path / "ev")]) == 0
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert evaluated["images"] == val["images"] == 12 and evaluated["confusion_matrix"] == val["confusion_matrix"]
+    assert evaluated["acc"] == val["acc"] and evaluated["split"] == "val"
+    assert main(["evaluate", str(out), "--data", data, "--split", "train", "--out", str(tmp_path / "tr")]) == 0
+    assert json.loads((tmp_path / "tr" / "metrics.json").read_text())["images"] == 28
+    assert main(["evaluate", str(out), "--data", data, "--out", str(tmp_path / "all")]) == 0
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["images"] == 40
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", data, "--split", "test"]) == 2
+    assert "has no test split" in capsys.readouterr().err

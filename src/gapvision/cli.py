@@ -143,7 +143,9 @@ def register(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="metrics and confusion matrix of a run on another dataset or split")
     e.add_argument("run", metavar="RUN_DIR")
     add_data_args(e)
-    e.add_argument("--split", choices=["train", "val", "test"], help="evaluate one split of --data (default: all images)")
+    e.add_argument("--split", choices=["train", "val", "test"], help="evaluate one split of --data as training makes "
+                   "it: its own split folders, else the run's seeded --val-split (default: every image; a source with "
+                   "splits: test)")
     e.add_argument("--out", help="folder for metrics.json and confusion.png (default RUN_DIR/evaluations/...)")
     e.set_defaults(handler=cmd_evaluate)
 

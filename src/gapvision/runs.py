@@ -145,6 +145,12 @@ class Run:
 
         return plot_top_losses(self, k, data)
 
+    def split_options(self) -> dict[str, Any]:
+        """How this run split its data (``val_split``, ``seed`` from config.json): with
+        :func:`gapvision.data.sources.load_split` they give back its own train and validation images."""
+        data = self.config.get("data") if isinstance(self.config.get("data"), dict) else {}
+        return {"val_split": float(data.get("val_split", 0.2)), "seed": int(self.config.get("seed", 0))}
+
     @property
     def model(self) -> Classifier:
         """The trained Classifier in eval mode (built and loaded on first use; it lives where the predictor put it)."""

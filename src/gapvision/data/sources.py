@@ -117,6 +117,20 @@ def load_with_options(data: str | os.PathLike | tuple, opts: LoadOptions) -> Dat
     return _make_splits(_find(str(data), opts), opts, source=str(data))
 
 
+def load_split(data: str | os.PathLike, split: str, *, classes: Sequence[str] | None = None,
+               **options: Any) -> ImageSet:
+    """The ``split`` (train, val or test) of ``data`` as :func:`load_data` makes it with ``options`` -- with a run's
+    recorded ``val_split`` and ``seed`` (``Run.split_options``), the very images that run trained or validated on --
+    its labels mapped onto ``classes`` when given; a one-line error when ``data`` has no such split."""
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"unknown --split {split!r}: choose train, val or test")
+    imgs = getattr(load_data(data, **options), split)
+    if imgs is None:
+        raise DataError(f"{data} has no {split} split (a folder without a test/ sub-folder has none): pick train or "
+                        "val, or leave --split out for every image")
+    return _map_to_classes(imgs, classes, str(data)) if classes is not None else imgs
+
+
 def load_images(
     data: str | os.PathLike | tuple,
     *,

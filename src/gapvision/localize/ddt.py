@@ -111,7 +111,7 @@ def descriptor_pca(run: Run, net: torch.nn.Module, device: torch.device, *, refi
 def training_images(run: Run, limit: int = FIT_IMAGES) -> tuple[list, list[int]]:
     """Up to ``limit`` images (a seeded sample) of the split the run trained on, read as its config.json says, and
     their labels."""
-    from ..data.sources import load_data
+    from ..data.sources import load_split
 
     cfg = run.config.get("data") if isinstance(run.config.get("data"), dict) else {}
     data = cfg.get("data")
@@ -119,8 +119,7 @@ def training_images(run: Run, limit: int = FIT_IMAGES) -> tuple[list, list[int]]
         raise GapvisionError("--method ddt fits on the run's training images, and this run does not say where they "
                              "are (trained on in-memory arrays): localise with --method cam or fcn")
     try:
-        train = load_data(data, val_split=float(cfg.get("val_split", 0.2)), seed=int(run.config.get("seed", 0)),
-                          skip_bad=True).train
+        train = load_split(data, "train", skip_bad=True, **run.split_options())
     except (GapvisionError, OSError) as e:
         raise GapvisionError(f"--method ddt fits on the run's training images ({data}), which cannot be read here "
                              f"({e}): localise with --method cam or fcn") from None

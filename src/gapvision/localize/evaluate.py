@@ -109,19 +109,12 @@ def annotated_images(run: Run, data: str, split: str = "all", skip_bad: bool = T
     (the same seeded ``--val-split``, recorded in its config.json), so that a run is evaluated on images it did not
     train on. Unreadable images are skipped (with a note) unless ``skip_bad`` is False.
     """
-    from ..data.sources import load_data, load_images
+    from ..data.sources import load_images, load_split
 
     if split not in SPLITS:
         raise ConfigError(f"unknown --split {split!r}: choose {', '.join(SPLITS)}")
-    if split == "all":
-        imgs = load_images(data, skip_bad=skip_bad)
-    else:
-        cfg = run.config.get("data", {}) if isinstance(run.config.get("data"), dict) else {}
-        splits = load_data(data, val_split=float(cfg.get("val_split", 0.2)), seed=int(run.config.get("seed", 0)),
-                           skip_bad=skip_bad)
-        imgs = getattr(splits, split)
-        if imgs is None:
-            raise DataError(f"{data} has no {split} split: pick all, train or val")
+    imgs = (load_images(data, skip_bad=skip_bad) if split == "all"
+            else load_split(data, split, skip_bad=skip_bad, **run.split_options()))
     if imgs.boxes is None:
         raise DataError(f"{data} has no ground-truth boxes: evaluate localisation on builtin:shapes-scenes, a Pascal "
                         "VOC folder (annotations/*.xml) or a COCO .json file")

@@ -470,14 +470,17 @@ def evaluate(run: Run | str | Path, data: Any, *, split: str | None = None, out:
              batch_size: int | None = None, **load_opts: Any) -> dict:
     """Metrics and a confusion matrix of a trained run on another dataset or split; written to ``out``.
 
-    A folder of class folders or a manifest is evaluated whole; a source with splits uses ``split`` (default test).
-    The run's Predictor does the work (its TTA, AMP and batch size, unless ``batch_size`` is given), so the figures
-    equal those training wrote to metrics.json for the same images.
+    Without ``split`` a folder of class folders or a manifest is evaluated whole, a source with splits on its test
+    split. ``split`` (train, val or test) is that split as training makes it: a source's own, or else the stratified
+    split seeded as the run's (its ``val_split`` and ``seed``), so ``split="val"`` on the folder a run trained on
+    gives back its validation images. The run's Predictor does the work (its TTA, AMP and batch size, unless
+    ``batch_size`` is given), so the figures equal those training wrote to metrics.json for the same images.
     """
-    from ..data.sources import load_images
+    from ..data.sources import load_images, load_split
 
     run = run if isinstance(run, Run) else load_run(run)
-    images = load_images(data, split=split or "test", classes=run.classes, **load_opts)
+    images = (load_split(data, split, classes=run.classes, **{**run.split_options(), **load_opts}) if split
+              else load_images(data, split="test", classes=run.classes, **load_opts))
     if not images.meta.get("labeled", True):
         raise GapvisionError(f"{data} has no labels to evaluate against: use class folders or a manifest with labels")
     predictor = run.predictor
