@@ -253,6 +253,14 @@ def test_evaluation_leaves_out_the_images_calibration_used(tmp_path, colour_voc,
     assert "note: left out the 4 images the calibration used" in capsys.readouterr().out
     assert main(["localize", str(tmp_path / "run"), "--evaluate", str(colour_voc), "--calibration-images"]) == 0
     assert "note: 4 of the 12 images scored were used by the calibration" in capsys.readouterr().out
+    # an exact copy of a calibration image under another name is no held-out image either
+    import shutil
+
+    first = Path(files[0])
+    shutil.copy(first, first.with_name("copy-of-" + first.name))
+    shutil.copy(colour_voc / "annotations" / f"{first.stem}.xml", colour_voc / "annotations" / f"copy-of-{first.stem}.xml")
+    again = evaluate_localization(run, str(colour_voc), split="all")  # 13 images, 4 calibration's and 1 copy
+    assert again["images"] == 8 and again["calibration_left_out"] == 5
 
 
 def test_fewshot_needs_calibration_then_learns_objectness_from_the_boxes(tmp_path, colour_voc):

@@ -13,6 +13,7 @@ The rules, everywhere:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Collection, Iterable
@@ -57,3 +58,9 @@ def expand_inputs(paths: Iterable[str | os.PathLike], extensions: Collection[str
 def subdirs(path: Path) -> list[Path]:
     """The sub-folders of ``path`` that are not hidden, sorted by name (the class folders of a folder source)."""
     return sorted((p for p in Path(path).iterdir() if p.is_dir() and not is_hidden(p.name)), key=lambda p: p.name)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The MD5 of a file's bytes: how exact copies are found (inspect-data's duplicates; evaluation leaving out
+    copies of the images calibration learned from)."""
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()

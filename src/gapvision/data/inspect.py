@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..plots import GRID_MAX_CLASSES, GRID_PER_CLASS, write_sample_grid  # noqa: F401 (re-exported)
+from .files import file_digest
 from .imageset import ImageSet
 from .sources import LoadOptions, load_with_options
 
@@ -54,7 +55,7 @@ def _scan_one(imgs: ImageSet, i: int) -> dict:
         item = imgs.items[i]
         img = imgs.load(i)
         if isinstance(item, (str, Path)):
-            digest = hashlib.md5(Path(item).read_bytes()).hexdigest()
+            digest = file_digest(item)
         else:
             digest = hashlib.md5(np.asarray(img).tobytes() + str(img.size).encode()).hexdigest()
         return {"size": img.size, "mode": img.mode, "hash": digest}

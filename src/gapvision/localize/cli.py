@@ -119,8 +119,9 @@ def cmd_localize(a: argparse.Namespace) -> None:
                                   calibration_images=a.calibration_images, **options)
         print(format_evaluation(m))
         if m["calibration_left_out"]:
-            print(f"note: left out the {m['calibration_left_out']} images the calibration used, for a held-out score "
-                  "(--calibration-images scores them too)")
+            n = m["calibration_left_out"]
+            print(f"note: left out the {n} image{'s' * (n != 1)} the calibration used (its files, or exact copies of "
+                  "them), for a held-out score (--calibration-images scores them too)")
         elif m["calibration_scored"]:
             print(f"note: {m['calibration_scored']} of the {m['images']} images scored were used by the calibration: "
                   "the figures are optimistic")

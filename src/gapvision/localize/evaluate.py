@@ -11,6 +11,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .. import atomic
+from ..data.files import file_digest
 from ..data.imageset import ImageSet
 from ..errors import ConfigError, DataError
 from ..runs import Run
@@ -161,11 +162,14 @@ def calibration_files(imgs: ImageSet) -> list[str]:
 
 
 def _without_calibration_images(imgs: ImageSet, entry: dict | None, leave_out: bool) -> tuple[ImageSet, int, int]:
-    """``imgs`` less the files the calibration ``entry`` used: (the rest, how many were left out, how many were
-    scored anyway: all of them when every image is a calibration image, or when not ``leave_out``)."""
+    """``imgs`` less the files the calibration ``entry`` used, and exact copies of them under other names (the same
+    bytes: boxes-dev's raccoon-74.jpg is raccoon-52.jpg): (the rest, how many were left out, how many were scored
+    anyway: all of them when every image is a calibration image, or when not ``leave_out``)."""
     used = set(entry.get("files", [])) if entry else set()
     found = calibration_files(imgs) if used else []
-    keep = [i for i, f in enumerate(found) if f not in used] if found else list(range(len(imgs)))
+    copies = {file_digest(f) for f in used if Path(f).is_file()} if found else set()
+    keep = ([i for i, f in enumerate(found) if f not in used and not (Path(f).is_file() and file_digest(f) in copies)]
+            if found else list(range(len(imgs))))
     if not leave_out or not keep:
         return imgs, 0, len(imgs) - len(keep)
     return imgs.subset(keep), len(imgs) - len(keep), 0
