@@ -110,8 +110,16 @@ def test_localize_equals_the_localize_json(url, run, scene):
     assert [m["label"] for m in rendered["renders"]["maps"]] == [c["label"] for c in rendered["classes"]]
 
 
+def _cut_jpeg() -> bytes:
+    """A real JPEG whose data stops half way (an interrupted copy)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
 @pytest.mark.parametrize("data, filename, status, needle", [
     (b"this is not an image", "notes.txt", 415, "notes.txt is not an image"),
+    (_cut_jpeg(), "cut.jpg", 415, "cut.jpg is a damaged image that does not decode (OSError: image file is truncated"),
     (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "broken.png", 415, "broken.png is not an image"),
     (b"", "empty.png", 400, "empty"),
 ])

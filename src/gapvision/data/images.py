@@ -41,6 +41,14 @@ class ImageTooLarge(DataError):
     """An image with more pixels than the limit (a decompression bomb, or a genuinely huge photo)."""
 
 
+class ImageDamaged(DataError):
+    """A file that opens as an image but does not decode (truncated or corrupt data); ``reason`` says what failed."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def set_max_image_pixels(n: int) -> None:
     """Change the decompression-bomb limit (also moves Pillow's own hard limit, which is twice its setting)."""
     global MAX_IMAGE_PIXELS
@@ -121,7 +129,8 @@ def open_lazily(path: str | os.PathLike, *, max_pixels: int | None = None) -> It
     except UnidentifiedImageError as e:
         raise DataError(f"{path} is not an image Pillow can read: {_HINT}") from e
     except Exception as e:  # truncated or corrupt data: Pillow raises OSError, SyntaxError, ValueError, EOFError...
-        raise DataError(f"image {path} is unreadable ({type(e).__name__}: {e}): {_HINT}") from e
+        reason = f"{type(e).__name__}: {e}"
+        raise ImageDamaged(f"image {path} is unreadable ({reason}): {_HINT}", reason) from e
 
 
 def to_pil(im: "str | os.PathLike | Image.Image | np.ndarray") -> Image.Image:

@@ -152,7 +152,7 @@ class Service:
             raise HttpError(400, f"{filename}: the upload is empty; {FORMATS_HINT}")
         if len(data) > self.max_upload_bytes:
             raise HttpError(413, too_large_message(self.max_upload_bytes))
-        from ..data.images import ImageTooLarge, open_image
+        from ..data.images import ImageDamaged, ImageTooLarge, open_image
 
         with tempfile.TemporaryDirectory(prefix="gapvision-upload-") as tmp:
             path = Path(tmp) / "upload"
@@ -162,6 +162,9 @@ class Service:
             except DataError as e:
                 if isinstance(e, ImageTooLarge):  # a decompression bomb: too many pixels, not a bad type
                     raise HttpError(413, f"{filename}: the image has too many pixels; send a smaller image") from None
+                if isinstance(e, ImageDamaged):  # a real image whose data stops or breaks (an interrupted copy)
+                    raise HttpError(415, f"{filename} is a damaged image that does not decode ({e.reason}); send the "
+                                         "whole file again") from None
                 raise HttpError(415, f"{filename} is not an image that can be read; {FORMATS_HINT}") from None
 
     def predict(self, image: Image.Image, name: str, topk: int | None = None) -> dict:
