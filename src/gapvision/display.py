@@ -149,7 +149,7 @@ def localize_html(results: "LocalizeResults") -> str:
                      f"<b>{esc(found)}</b><br><small>{esc(loc.image)}</small></div>")
     bad = sum("error" in r for r in results)  # --skip-bad's records of files that did not decode
     more = len(results) - len(results.shown) - bad
-    notes = ([f"{more} more result(s) not shown"] if more > 0 else []) + ([f"{bad} unreadable file(s) skipped"] if bad else [])
+    notes = [f"{more} more result(s) not shown"] * (more > 0) + [f"{bad} unreadable file(s) skipped"] * (bad > 0)
     tail = f"<p><small>{esc('; '.join(notes))}</small></p>" if notes else ""
     return _block("localize", f"Localisation: {len(results)} image(s)", f'<div class="gv-grid">{"".join(tiles)}</div>',
                   tail)

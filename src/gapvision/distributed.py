@@ -453,6 +453,7 @@ def localize_to_jsonl(run: Any, inputs: Sequence[str | Path], output: str | Path
     if current().active and str(options.get("device") or "").startswith("cuda:"):
         options["device"] = "cuda"  # this rank's GPU, selected by setup()
     loc = Localizer(as_run(run), **options)
+
     def records(pils: list, chunk: list[str]) -> list[dict]:
         return [r.to_dict() for r in loc(pils, chunk, batch_size)]
 

@@ -140,6 +140,11 @@ def create_model(
     return net
 
 
+def has_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` has BatchNorm layers (of any dimension)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 def raise_bn_momentum(module: nn.Module, least: float) -> int:
     """Give every BatchNorm layer of ``module`` whose running-statistics momentum is below ``least`` that momentum;
     returns how many changed. Some builders set momenta made for long ImageNet runs (torchvision's MNASNet 3e-4,

@@ -21,7 +21,7 @@ from ..data.memory import available_memory
 from ..data.transforms import Preprocess
 from ..errors import ConfigError, GapvisionError, Interrupted
 from ..models.backbones import Backbone
-from ..models.classifier import Classifier, ModelConfig, create_model
+from ..models.classifier import Classifier, ModelConfig, create_model, has_batchnorm
 from ..models.residual_init import NORMS
 from ..models.timm_backbone import pretrained_preprocess
 from ..options import GROUPS, DataOptions, ModelOptions
@@ -65,7 +65,8 @@ def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[s
     """The user's ``options`` with the input settings that follow from the model, the largest input size to take
     from the data, and what the plain defaults need to know of the network (``bf16``: bf16 autocast is fast for it
     here; ``deep_no_norm``: it has more than PLAIN_DEEP_NO_NORM_CONVS convolutions larger than 1 x 1 and no
-    normalisation layers; ``grouped_norm``: it has grouped convolutions and BatchNorm layers (not ConvNeXt's LayerNorms);
+    normalisation layers; ``grouped_norm``: it has grouped convolutions and BatchNorm layers (not ConvNeXt's
+    LayerNorms);
     ``grouped_no_residual``: that, and no residual branch ends in a normalisation layer (models/residual_init.py's
     :func:`~gapvision.models.residual_init.residual_branch_norms` on one forward pass of zeros); all only from
     scratch):
@@ -81,11 +82,10 @@ def input_defaults(options: dict[str, Any]) -> tuple[dict[str, Any], int, dict[s
     grouped = any(m.groups > 1 for m in convs)
     scratch = not options.get("weights")  # the lr rules were measured from scratch, not for fine-tuning
     normalised = has_normalization(backbone)
-    batch_normalised = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
     spatial = sum(max(m.kernel_size) > 1 for m in convs)
     traits = {"bf16": not grouped and native_bf16(str(options.get("device") or "auto")),
               "deep_no_norm": scratch and not normalised and spatial > PLAIN_DEEP_NO_NORM_CONVS,
-              "grouped_norm": scratch and grouped and batch_normalised}
+              "grouped_norm": scratch and grouped and has_batchnorm(backbone)}
     traits["grouped_no_residual"] = traits["grouped_norm"] and not has_residual_norms(backbone)
     size = backbone.native_size
     if choose_recipe(options, img_size=0) == "transfer":

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..data.loaders import Batches, epoch_seed
 from ..devices import choose_device, resolve_precision
 from ..errors import GapvisionError
-from ..models.classifier import apply_freeze_mode, set_freeze
+from ..models.classifier import apply_freeze_mode, has_batchnorm, set_freeze
 from ..predictor import EvalResult, Predictor  # noqa: F401 - EvalResult: what evaluate returns
 from ..runs import RunWriter
 from .config import TrainConfig
@@ -291,8 +291,7 @@ class Trainer:
         cfg = self.cfg
         inner = getattr(self.net, "module", self.net)
         hints = []
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in inner.modules())
-        if has_bn and getattr(inner, "freeze", "none") == "none":
+        if has_batchnorm(inner) and getattr(inner, "freeze", "none") == "none":
             hints.append("--freeze bn (keep the BatchNorm statistics of pretrained weights)")
         lr = cfg.lr_of("head")
         hints.append(f"a lower or higher --lr (now {lr:g}: e.g. {lr / 10:g} or {lr * 10:g})")
