@@ -83,9 +83,9 @@ def test_unreadable_image_is_one_line_error_or_counted_skip(case, tmp_path, caps
     rc, _, err = _cli([*TRAIN, "--quiet", "--data", data, "--out", tmp_path / "bad"], capsys)
     _one_line_error(rc, err, name, message, "--skip-bad")
 
-    rc, out, err = _cli([*TRAIN, "--data", data, "--skip-bad", "--out", tmp_path / "ok"], capsys)
+    rc, out, err = _cli([*TRAIN, "--quiet", "--data", data, "--skip-bad", "--out", tmp_path / "ok"], capsys)
     assert rc == 0, err
-    assert "skipped 1" in out and name in out  # the skip is counted and named
+    assert "skipped 1" in err and name in err  # the skip is counted and named, on stderr even with --quiet
     notes = json.loads((tmp_path / "ok" / "config.json").read_text())["data_notes"]
     assert any("skipped 1" in n and name in n for n in notes)
     assert gv.load_run(tmp_path / "ok").metrics["val"]["images"] == 2  # a quarter of the 8 readable images
@@ -270,7 +270,7 @@ def test_duplicated_rows_are_dropped_and_counted(manifest_data, tmp_path, capsys
     m = _manifest(manifest_data, ["file,label", *ROWS, ROWS[0], "./" + ROWS[1]])
     rc, out, err = _cli([*TRAIN, "--data", m, "--out", tmp_path / "r"], capsys)
     assert rc == 0, err
-    assert "dropped 2 duplicate rows of list.csv (first: row 10)" in out
+    assert "dropped 2 duplicate rows of list.csv (first: row 10)" in err
     assert gv.load_run(tmp_path / "r").metrics["val"]["images"] == 2  # 8 distinct images, not 10
 
 
@@ -278,7 +278,7 @@ def test_missing_listed_images_are_skipped_and_counted(manifest_data, tmp_path, 
     m = _manifest(manifest_data, ["file,label", *ROWS, "cat/gone.png,cat"])
     rc, out, err = _cli([*TRAIN, "--data", m, "--skip-bad", "--out", tmp_path / "r"], capsys)
     assert rc == 0, err
-    assert "skipped 1 listed image" in out and "(first: row 10, cat/gone.png)" in out
+    assert "skipped 1 listed image that does not exist (first: row 10, cat/gone.png)" in err
 
 
 def test_validation_label_unseen_in_training_names_the_row(manifest_data, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Atomic file writes: write beside the target, fsync, then rename. A crash or a full disk leaves the old file intact."""
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import json
@@ -50,13 +51,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:  # a full disk (ENOSPC, EDQUOT, EFBIG), no permission, a read-only file system...
-        raise GapvisionError(
-            f"could not write {path} ({e.strerror or e}); the previous {path.name}, if any, is untouched: free disk "
-            f"space or fix permissions and run the command again (training continues with --resume RUN_DIR)"
-        ) from e
+        raise GapvisionError(f"could not write {path} ({e.strerror or e}); {_what_to_do(path, e)}") from e
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _what_to_do(path: Path, e: OSError) -> str:
+    """The advice for a failed write, by its cause."""
+    if path.is_dir():
+        return f"{path} is a folder: give the output a file name inside it or elsewhere"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST) or any(p.exists() and not p.is_dir() for p in path.parents):
+        return "a part of that path is a file, not a folder: choose another output path"
+    return (f"the previous {path.name}, if any, is untouched: free disk space or fix permissions and run the "
+            "command again (training continues with --resume RUN_DIR)")
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -50,6 +50,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from .train.pipeline import evaluate
 
     res = evaluate(a.run, a.data, split=a.split, out=a.out, **load_opts(a))
+    for note in res.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     print(f"accuracy {res['acc']:.4f} on {res['images']} images ({a.data}, {res['split']}); macro F1 {res['macro_f1']:.4f}")
     if "out" in res:
         print(f"metrics and confusion matrix in {res['out']}")
@@ -57,8 +59,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 def cmd_predict(a: argparse.Namespace) -> None:
     from .data.images import unreadable_note
+    from .distributed import inference_inputs
     from .predict import format_table, open_predictor
-    from .runs import list_images
 
     run_dir, inputs = run_and_inputs(a)
     run = open_predictor(run_dir, model=a.model, weights=a.weights, labels=a.labels, normalize=a.normalize,
@@ -73,7 +75,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
             if note:
                 print(note, file=sys.stderr)
         return
-    images = list_images(inputs)
+    images = inference_inputs(inputs)  # folders, files and manifests, as with --output
     if not images:
         raise GapvisionError("no images found in " + ", ".join(inputs))
     results = run.predict(images, topk=a.topk, skip_bad=bool(a.skip_bad))

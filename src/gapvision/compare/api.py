@@ -115,6 +115,9 @@ def compare(
         if not todo:
             continue
         splits, pre = load_seed_data(dopts, seed, max_images, say)
+        if not len(splits.val):
+            raise ConfigError(f"{data} gives no validation images (--val-split {dopts.val_split:g}): compare "
+                              "ranks the heads by validation accuracy, so give it some (e.g. --val-split 0.2)")
         pre = pretrained_preprocess(pre, model, options)  # timm: the pretrained config's size/mean/std if unset
         net = initial_model(mopts, splits, pre, seed, verbose=not tcfg.quiet and not info)
         feed, info = choose_path(features, net, splits, pre, dopts, tcfg, store, cache_limit)

@@ -3,7 +3,8 @@
 
 The rules, everywhere:
 
-* a folder is searched recursively; symlinked folders are not entered (symlinked files are kept);
+* a folder is searched recursively; symlinked folders are not entered (symlinked files are kept; a caller that
+  asks for them gets the folders and files it passed over, to say so);
 * hidden entries are skipped: any file or folder whose name starts with ``.`` (``.DS_Store``, ``._photo.jpg``
   resource forks, ``.git/``, ``.ipynb_checkpoints/``) and macOS archive folders named ``__MACOSX``;
 * a file is kept when its extension, compared case-insensitively, is one of the given ``extensions``;
@@ -33,12 +34,20 @@ def has_extension(name: str, extensions: Collection[str]) -> bool:
     return not is_hidden(name) and os.path.splitext(name)[1].lower() in extensions
 
 
-def walk(root: str | os.PathLike, extensions: Collection[str]) -> list[str]:
-    """Files under ``root`` with one of ``extensions``, by the rules of the module docstring."""
+def walk(root: str | os.PathLike, extensions: Collection[str], passed_over: list[str] | None = None) -> list[str]:
+    """Files under ``root`` with one of ``extensions``, by the rules of the module docstring. ``passed_over``, when
+    given, receives the visible files of other extensions and the symlinked folders (with a trailing ``/``)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not is_hidden(d)]
         found.extend(os.path.join(dirpath, f) for f in filenames if has_extension(f, extensions))
+        if passed_over is not None:
+            passed_over.extend(os.path.join(dirpath, f) for f in filenames
+                               if not is_hidden(f) and not has_extension(f, extensions))
+            passed_over.extend(os.path.join(dirpath, d) + "/" for d in dirnames
+                               if os.path.islink(os.path.join(dirpath, d)))
+    if passed_over is not None:
+        passed_over.sort()
     return sorted(found)
 
 

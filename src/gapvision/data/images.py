@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     import torch
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".webp", ".avif", ".tif", ".tiff",
+     ".tga", ".jp2", ".j2k", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
 
 #: Largest image (width x height) accepted; bigger files are treated as decompression bombs. Pillow's default
@@ -31,7 +32,7 @@ IMAGE_EXTENSIONS = frozenset(
 #: :func:`set_max_image_pixels`.
 MAX_IMAGE_PIXELS: int = int(os.environ.get("GAPVISION_MAX_IMAGE_PIXELS", 89_478_485))
 
-_JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
+_JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
 _KEEP_MODES = {"L", "LA", "P", "PA", "RGB", "RGBA"}
 _GRAY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _HINT = "fix or remove it, or pass --skip-bad"
@@ -234,8 +235,9 @@ def is_grayscale(img: Image.Image, tolerance: int = 6) -> bool:
     return max(spread) <= tolerance
 
 
-def image_files(path: str | os.PathLike) -> list[str]:
-    """Image files under ``path`` by the one walker's rules (data/files.py)."""
+def image_files(path: str | os.PathLike, passed_over: list[str] | None = None) -> list[str]:
+    """Image files under ``path`` by the one walker's rules (data/files.py); ``passed_over`` receives the other
+    files and the symlinked folders it did not enter."""
     from .files import walk
 
-    return walk(Path(path), IMAGE_EXTENSIONS)
+    return walk(Path(path), IMAGE_EXTENSIONS, passed_over)

@@ -36,7 +36,8 @@ def inspect_data(data: Any, out_png: str | os.PathLike | None = None, *, sample:
         "problems": [],
         "png": None,
     }
-    first_seen: dict[str, tuple[str, str]] = {}  # content hash -> (split, name)
+    report["problems"] += _class_name_problems(list(splits.classes))
+    first_seen: dict[str, tuple[str, str, str | None]] = {}  # content hash -> (split, name, label)
     for name, imgs in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         if imgs is None:
             continue
@@ -82,9 +83,23 @@ def _inspect_set(imgs: ImageSet, sample: int | None, seed: int) -> dict:
         "modes": dict(Counter(s["mode"] for _, s in ok).most_common()),
         "unreadable": [{"name": imgs.name(int(i)), "error": s["error"]} for i, s in zip(idx, scans) if "error" in s],
         "tiny": [{"name": imgs.name(i), "size": list(s["size"])} for i, s in ok if min(s["size"]) < TINY_PX],
-        "_hashes": [(imgs.name(i), s["hash"]) for i, s in ok],
+        "_hashes": [(imgs.name(i), s["hash"], _label_name(imgs, i)) for i, s in ok],
     }
     return info
+
+
+def _label_name(imgs: ImageSet, i: int) -> str | None:
+    k = int(imgs.labels[i])
+    return imgs.classes[k] if 0 <= k < len(imgs.classes) else None
+
+
+def _class_name_problems(classes: list[str]) -> list[str]:
+    """Class names that differ only in case or surrounding spaces (``Cat`` and ``cat``): one class split in two."""
+    by_key: dict[str, list[str]] = {}
+    for c in classes:
+        by_key.setdefault(c.strip().casefold(), []).append(c)
+    return [f"classes {' and '.join(map(repr, names))} differ only in case or spaces: if they are one class, give "
+            "them one name (rename the folder, or fix the labels)" for names in by_key.values() if len(names) > 1]
 
 
 def _set_problems(info: dict) -> list[str]:
@@ -108,15 +123,22 @@ def _set_problems(info: dict) -> list[str]:
     return problems
 
 
-def _duplicate_problems(split: str, hashes: list[tuple[str, str]], first_seen: dict[str, tuple[str, str]]) -> list[str]:
-    within, across = [], []
-    for name, digest in hashes:
+def _duplicate_problems(split: str, hashes: list[tuple[str, str, str | None]],
+                        first_seen: dict[str, tuple[str, str, str | None]]) -> list[str]:
+    within, across, conflicts = [], [], []
+    for name, digest, label in hashes:
         if digest in first_seen:
-            other_split, other = first_seen[digest]
+            other_split, other, other_label = first_seen[digest]
             (within if other_split == split else across).append((name, other, other_split))
+            if label != other_label and label is not None and other_label is not None:
+                conflicts.append((name, label, other, other_label))
         else:
-            first_seen[digest] = (split, name)
+            first_seen[digest] = (split, name, label)
     problems = []
+    if conflicts:
+        name, label, other, other_label = conflicts[0]
+        problems.append(f"{split}: {len(conflicts)} image(s) labelled two ways (first: {name} as {label!r} == "
+                        f"{other} as {other_label!r}): keep the copy with the right label")
     if within:
         name, other, _ = within[0]
         problems.append(f"{split}: {len(within)} duplicate image(s) (first: {name} == {other})")

@@ -126,15 +126,15 @@ def load_split(data: str | os.PathLike, split: str, *, classes: Sequence[str] | 
         raise ConfigError(f"unknown --split {split!r}: choose train, val or test")
     imgs = getattr(load_data(data, **options), split)
     if imgs is None:
-        raise DataError(f"{data} has no {split} split (a folder without a test/ sub-folder has none): pick train or "
-                        "val, or leave --split out for every image")
+        raise DataError(f"{data} has no {split} split (a folder without a test/ sub-folder has none): pass --split "
+                        "train or --split val, or leave --split out (its test or val split, else every image)")
     return _map_to_classes(imgs, classes, str(data)) if classes is not None else imgs
 
 
 def load_images(
     data: str | os.PathLike | tuple,
     *,
-    split: str = "test",
+    split: str | Sequence[str] = "test",
     classes: Sequence[str] | None = None,
     seed: int = 0,
     image_root: str | os.PathLike | None = None,
@@ -150,7 +150,8 @@ def load_images(
     options serves both :func:`load_data` and this.
 
     A folder of class folders or a manifest gives all its images; a source with splits gives ``split`` (``test`` by
-    default). A single image file or a folder of loose images gives an unlabelled set (labels -1,
+    default; a sequence: the first of them it has), named in ``meta["split"]`` (``all`` for every image). A single
+    image file or a folder of loose images gives an unlabelled set (labels -1,
     ``meta["labeled"] = False``). With ``classes`` (a model's class list) labels are mapped onto those classes.
     """
     if isinstance(data, tuple):
@@ -162,12 +163,14 @@ def load_images(
                        require_labels=False)
     spec = str(data)
     found = _find(spec, opts)
-    if "all" in found.sets:
-        imgs = found.sets["all"]
-    elif split in found.sets:
-        imgs = found.sets[split]
-    else:
-        raise DataError(f"{spec} has no {split!r} split (it has: {', '.join(found.sets)}): pick one of those")
+    wanted = [split] if isinstance(split, str) else list(split)
+    chosen = "all" if "all" in found.sets else next((s for s in wanted if s in found.sets), None)
+    if chosen is None:
+        has = ", ".join(found.sets)
+        raise DataError(f"{spec} has no {' or '.join(map(repr, wanted))} split (it has: {has}): pass --split with one "
+                        f"of {has}")
+    imgs = found.sets[chosen]
+    imgs.meta["split"] = chosen
     imgs = _drop_unreadable(imgs, opts, found.notes) if opts.skip_bad else imgs
     imgs.meta.setdefault("notes", []).extend(found.notes)
     imgs.meta["source"] = spec
@@ -358,7 +361,7 @@ def _drop_unreadable(imgs: ImageSet, opts: LoadOptions, notes: list[str]) -> Ima
     bad = [i for i in paths if not ok[i]]
     if not bad:
         return imgs
-    notes.append(f"skipped {len(bad)} unreadable image{'s' * (len(bad) > 1)} (first: {imgs.name(bad[0])})")
+    notes.append(f"skipped {_count(len(bad), 'unreadable image')} (first: {imgs.name(bad[0])})")
     bad_set = set(bad)
     kept = imgs.subset([i for i in range(len(imgs)) if i not in bad_set])
     if imgs.meta.get("labeled", True):
@@ -417,16 +420,38 @@ def _from_label_names(
 
 
 def _check_not_empty_files(paths: list[str], opts: LoadOptions, notes: list[str]) -> list[str]:
-    """The cheap up-front check: zero-byte files are an error (or skipped with skip_bad)."""
-    empty = [p for p in paths if os.path.getsize(p) == 0] if opts.check_files else []
-    if not empty:
+    """The cheap up-front check: zero-byte files, and names that lead nowhere (a broken symbolic link, a file removed
+    since the listing), are an error (or skipped with skip_bad)."""
+    if not opts.check_files:
         return paths
-    if not opts.skip_bad:
-        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
-        raise DataError(f"image {empty[0]} is empty (0 bytes){more}: {_SKIP_HINT}")
-    notes.append(f"skipped {len(empty)} empty image file{'s' * (len(empty) > 1)} (first: {empty[0]})")
-    drop = set(empty)
+
+    def size(p: str) -> int | None:
+        try:
+            return os.path.getsize(p)
+        except OSError:
+            return None
+
+    sizes = {p: size(p) for p in paths}
+    gone = [p for p, n in sizes.items() if n is None]
+    empty = [p for p, n in sizes.items() if n == 0]
+    if not gone and not empty:
+        return paths
+    for bad, what in ((gone, "leads to no file (a broken link, or removed)"), (empty, "is empty (0 bytes)")):
+        if bad and not opts.skip_bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise DataError(f"image {bad[0]} {what}{more}: {_SKIP_HINT}")
+    if gone:
+        notes.append(f"skipped {_count(len(gone), 'image name')} that lead{'s' * (len(gone) == 1)} to no file "
+                     f"(first: {gone[0]})")
+    if empty:
+        notes.append(f"skipped {_count(len(empty), 'empty image file')} (first: {empty[0]})")
+    drop = set(gone) | set(empty)
     return [p for p in paths if p not in drop]
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``: a count with its noun (the last word gets the plural s)."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _parse_channels(channels: int | str) -> int | None:
@@ -452,11 +477,20 @@ def _as_uint8_images(x: Any, what: str) -> np.ndarray:
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     if np.issubdtype(arr.dtype, np.floating):
-        if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite.reshape(len(arr), -1).all(axis=1))[0])
+            raise DataError(f"{what} holds NaN or infinite values (first in image {bad}): fix or drop those images")
+        if arr.size and (arr.min() < 0 or arr.max() > 1):
             raise DataError(f"float images in {what} must lie in [0, 1] (got {arr.min():.3g}..{arr.max():.3g}): "
                             f"scale them or pass uint8")
-        return np.rint(np.nan_to_num(arr) * 255).astype(np.uint8)
-    raise DataError(f"{what} must be uint8 or float in [0, 1] (got {arr.dtype})")
+        return np.rint(arr * 255).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise DataError(f"integer images in {what} must lie in 0..255 (got {arr.min()}..{arr.max()}): scale "
+                            f"them to uint8, or pass floats in [0, 1]")
+        return np.ascontiguousarray(arr.astype(np.uint8) * (255 if arr.dtype == np.bool_ else 1))
+    raise DataError(f"{what} must be uint8, integers in 0..255 or floats in [0, 1] (got {arr.dtype})")
 
 
 def _as_labels(y: Any, classes: Sequence[str] | None, n: int, what: str) -> tuple[np.ndarray, list[str]]:
@@ -510,10 +544,12 @@ _images_under = image_files
 
 
 def _class_folders(path: Path, opts: LoadOptions, notes: list[str]) -> tuple[list[str], list[str]]:
-    """(paths, labels) from ``path/<class>/...``; a class folder without images is an error."""
+    """(paths, labels) from ``path/<class>/...``; a class folder without images is an error; files of other types
+    and symlinked folders, which the walker passes over, are counted in a note."""
     items: list[str] = []
     labels: list[str] = []
-    per_class = {d: _images_under(d) for d in _subdirs(path)}
+    passed_over: list[str] = []
+    per_class = {d: _images_under(d, passed_over) for d in _subdirs(path)}
     extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
     if not any(per_class.values()):
         raise DataError(f"no images found under {path} (looked for {extensions}): expected one sub-folder of "
@@ -524,6 +560,12 @@ def _class_folders(path: Path, opts: LoadOptions, notes: list[str]) -> tuple[lis
         files = _check_not_empty_files(files, opts, notes)
         items += files
         labels += [d.name] * len(files)
+    if passed_over:
+        folders = [p for p in passed_over if p.endswith("/")]
+        what = [_count(len(passed_over) - len(folders), "file") + " of other types" if len(folders) < len(passed_over)
+                else "", _count(len(folders), "symlinked folder") + " (not entered)" if folders else ""]
+        notes.append(f"ignored {' and '.join(w for w in what if w)} under {path} (first: {passed_over[0]}); images "
+                     f"are {extensions}")
     return items, labels
 
 
@@ -543,7 +585,7 @@ def _folder_source(path: Path, opts: LoadOptions) -> Found:
     elif subdirs:
         items, labels = _class_folders(path, opts, notes)
         if loose:
-            notes.append(f"ignored {len(loose)} images directly in {path} (not in a class folder)")
+            notes.append(f"ignored {_count(len(loose), 'image')} directly in {path} (not in a class folder)")
         found = _from_label_names({"all": (items, labels)}, str(path))
     elif loose and not opts.require_labels:
         files = _check_not_empty_files(sorted(str(path / f) for f in loose), opts, notes)
@@ -576,12 +618,56 @@ def _read_manifest_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str
     return header, rows
 
 
+#: header names that say which column holds the image path and which the label (compared case-insensitively);
+#: without one of them the first column is the image and the next the label
+IMAGE_COLUMN_NAMES = ("file_name", "filename", "file", "image", "image_path", "image_name", "img", "img_path",
+                      "path", "filepath", "file_path")
+LABEL_COLUMN_NAMES = ("label", "labels", "class", "class_name", "category", "target", "expression", "y")
+
+
 def _column(header: list[str], wanted: str | None, default: int | None, path: Path, what: str) -> int | None:
     if wanted is None:
         return default if default is not None and default < len(header) else None
     if wanted in header:
         return header.index(wanted)
     raise DataError(f"manifest {path} has no {what} column {wanted!r}: its columns are {', '.join(header)}")
+
+
+def _named_column(header: list[str], names: Sequence[str], taken: int | None = None) -> int | None:
+    """The first column whose header is one of ``names`` (case-insensitively), other than ``taken``."""
+    lowered = [h.lower() for h in header]
+    return next((lowered.index(n) for n in names if n in lowered and lowered.index(n) != taken), None)
+
+
+def _default_columns(header: list[str], opts: LoadOptions, path: Path) -> tuple[int | None, int | None]:
+    """(image column, label column): ``--image-col`` / ``--label-col`` when given, else the columns named like an
+    image path and a label (:data:`IMAGE_COLUMN_NAMES`, :data:`LABEL_COLUMN_NAMES`), else the first column and the
+    next free one."""
+    named_img = _named_column(header, IMAGE_COLUMN_NAMES) if opts.image_col is None else None
+    img_c = _column(header, opts.image_col, 0 if named_img is None else named_img, path, "image")
+    named_lab = _named_column(header, LABEL_COLUMN_NAMES, img_c) if opts.label_col is None else None
+    free = next((i for i in range(len(header)) if i != img_c), None)
+    lab_c = _column(header, opts.label_col, free if named_lab is None else named_lab, path, "label")
+    return img_c, lab_c
+
+
+def _without_header(header: list[str], rows: list[tuple[int, list[str]]], opts: LoadOptions, path: Path,
+                    notes: list[str]) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """A manifest whose first line already lists an image (its image cell ends in an image extension) has no header:
+    that line is read as a row, the columns are called ``column1``, ``column2``..., and a note says so."""
+    cell = header[0] if opts.image_col is None else None
+    if cell is None or not is_image_file(cell.replace("\\", "/")):
+        return header, rows
+    notes.append(f"{path.name} has no header row: its first line is read as an image, in the first column, with "
+                 f"its label in the second (a header row such as file_name,label names them)")
+    return [f"column{i + 1}" for i in range(len(header))], [(1, header), *rows]
+
+
+def _not_found_hint(rel: str) -> str:
+    """What may be wrong with a manifest path that is not under the image folder."""
+    if Path(rel).is_file():
+        return f"; it is there from the current folder: pass --image-root {Path.cwd()}"
+    return ""
 
 
 def _guess_image_dir(manifest: Path, first: str) -> Path | None:
@@ -591,16 +677,15 @@ def _guess_image_dir(manifest: Path, first: str) -> Path | None:
 
 
 def _manifest_source(path: Path, opts: LoadOptions) -> Found:
-    header, rows = _read_manifest_rows(path)
-    img_c = _column(header, opts.image_col, 0, path, "image")
-    lab_c = _column(header, opts.label_col, 1, path, "label")
+    notes: list[str] = []
+    header, rows = _without_header(*_read_manifest_rows(path), opts, path, notes)
+    img_c, lab_c = _default_columns(header, opts, path)
     if lab_c is None and opts.require_labels:
         raise DataError(f"manifest {path} has no label column (columns: {', '.join(header)}): add one, or pass "
                         f"--label-col")
     split_c = next((i for i, h in enumerate(header) if h.lower() == "split" and i not in (img_c, lab_c)), None)
     if not rows:
         raise DataError(f"manifest {path} has a header but no rows")
-    notes: list[str] = []
     for line, cells in rows:
         if len(cells) != len(header):
             raise DataError(f"manifest {path} row {line}: expected {len(header)} columns ({', '.join(header)}), "
@@ -622,10 +707,15 @@ def _manifest_source(path: Path, opts: LoadOptions) -> Found:
     seen: dict[str, tuple[int, str]] = {}
     label_rows: dict[tuple[str, str], int] = {}  # (split, label) -> first row, for errors that name a row
     per_split: dict[str, tuple[list[str], list[str]]] = {}
-    dup_rows, missing = [], []
+    dup_rows, missing, backslashed = [], [], []
     for line, cells in rows:
         rel, label = cells[img_c], (cells[lab_c] if lab_c is not None else "")
         full = os.path.normpath(os.path.abspath(base / rel))
+        if "\\" in rel and os.sep != "\\" and not os.path.isfile(full):  # a path written on Windows
+            posix = os.path.normpath(os.path.abspath(base / rel.replace("\\", "/")))
+            if os.path.isfile(posix):
+                full = posix
+                backslashed.append(line)
         if not opts.allow_outside_root and os.path.commonpath([root_abs, full]) != root_abs:
             raise DataError(f"manifest {path} row {line}: {rel!r} points outside the data folder {data_root}: move "
                             f"the image inside it, set --image-root, or pass --allow-outside-root")
@@ -644,7 +734,7 @@ def _manifest_source(path: Path, opts: LoadOptions) -> Found:
         if not os.path.isfile(full):
             if not opts.skip_bad:
                 raise DataError(f"manifest {path} row {line}: image {rel!r} not found (looked in {base}): fix the "
-                                f"path, set --image-root, or pass --skip-bad")
+                                f"path, set --image-root, or pass --skip-bad{_not_found_hint(rel)}")
             missing.append((line, rel))
             continue
         split = _split_name(cells[split_c], path, line) if split_c is not None else "all"
@@ -652,11 +742,12 @@ def _manifest_source(path: Path, opts: LoadOptions) -> Found:
         items.append(full)
         labels.append(label)
         label_rows.setdefault((split, label), line)
+    if backslashed:
+        notes.append(f"read the Windows paths (with \\) of {path.name} with / (first: row {backslashed[0]})")
     if dup_rows:
-        notes.append(f"dropped {len(dup_rows)} duplicate row{'s' * (len(dup_rows) > 1)} of {path.name} "
-                     f"(first: row {dup_rows[0]})")
+        notes.append(f"dropped {_count(len(dup_rows), 'duplicate row')} of {path.name} (first: row {dup_rows[0]})")
     if missing:
-        notes.append(f"skipped {len(missing)} listed image{'s' * (len(missing) > 1)} that do not exist "
+        notes.append(f"skipped {_count(len(missing), 'listed image')} that do{'es' * (len(missing) == 1)} not exist "
                      f"(first: row {missing[0][0]}, {missing[0][1]})")
     if not per_split:
         raise DataError(f"manifest {path}: none of the listed images exist (looked in {base})")

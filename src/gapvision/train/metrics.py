@@ -26,14 +26,17 @@ def per_class(cm: np.ndarray, classes: list[str]) -> list[dict]:
 
 
 def summarize(targets: np.ndarray, preds: np.ndarray, classes: list[str], loss: float | None = None) -> dict:
-    """The evaluation block written to metrics.json for one split."""
+    """The evaluation block written to metrics.json for one split. The macro F1 averages the classes that occur
+    among the targets or the predictions (as scikit-learn's ``f1_score(average="macro")``): a class absent from
+    both, e.g. from a set of one class's images, does not count as an F1 of 0."""
     cm = confusion_matrix(targets, preds, len(classes))
     acc = float((np.asarray(targets) == np.asarray(preds)).mean()) if len(targets) else 0.0
     rows = per_class(cm, classes)
+    seen = [r["f1"] for r, n in zip(rows, cm.sum(axis=0) + cm.sum(axis=1)) if n > 0]
     out = {
         "acc": round(acc, 6),
         "images": int(len(targets)),
-        "macro_f1": round(float(np.mean([r["f1"] for r in rows])) if rows else 0.0, 4),
+        "macro_f1": round(float(np.mean(seen)) if seen else 0.0, 4),
         "per_class": rows,
         "confusion_matrix": cm.tolist(),
     }

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from ..data.batches import Feed, make_batches  # noqa: F401 (the pipeline's batc
 from ..data.imageset import DataSplits
 from ..data.memory import available_memory
 from ..data.transforms import Preprocess
-from ..errors import ConfigError, GapvisionError, Interrupted
+from ..errors import ConfigError, DataError, GapvisionError, Interrupted
 from ..models.backbones import Backbone
 from ..models.classifier import Classifier, ModelConfig, create_model, has_batchnorm
 from ..models.residual_init import NORMS
@@ -184,8 +185,8 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
                                    base={"batch_size": TrainConfig.batch_size, "epochs": TrainConfig.epochs})
     dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
     say = (lambda s: None) if tcfg.quiet else print
-    for note in splits.notes:
-        say(f"note: {note}")
+    for note in splits.notes:  # what was skipped or left out of the data: on stderr, also when quiet
+        print(f"note: {note}", file=sys.stderr)
     net = build_network(mopts, len(splits.classes), pre, verbose=not tcfg.quiet)
     if net.config is not None and net.config.stem != "native" and user.get("stem") is None:
         say(f"note: {mopts.model} from scratch takes the {net.config.stem} stem (--stem; native: the builder's)")
@@ -436,19 +437,20 @@ def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainCon
     val = predictor.evaluate(feed.val if feed is not None else make_batches(splits.val, pre, bs,
                                                                             workers=tcfg.workers, **mem))
     last = st.history[-1]
+    validated = len(val.targets) > 0  # --val-split 0: no validation figures (null), the last epoch's weights
     metrics: dict[str, Any] = {
         "status": status,
         "epochs_run": st.epoch,
         "best_epoch": st.best_epoch,
-        "best_val_acc": round(st.best_val_acc, 6),
-        "final_val_acc": round(last["val_acc"], 6),
+        "best_val_acc": round(st.best_val_acc, 6) if validated else None,
+        "final_val_acc": round(last["val_acc"], 6) if validated else None,
         "final_train_acc": round(last["train_acc"], 6),
-        "final_val_loss": round(last["val_loss"], 6),
-        "best_val_loss": round(min(r["val_loss"] for r in st.history), 6),
+        "final_val_loss": round(last["val_loss"], 6) if validated else None,
+        "best_val_loss": round(min(r["val_loss"] for r in st.history), 6) if validated else None,
         "seconds": round(sum(r["seconds"] for r in st.history), 2),
         "classes": classes,
         "seed": tcfg.seed,
-        "warnings": list(st.warnings),
+        "warnings": list(st.warnings) + ([] if validated else [NO_VALIDATION]),
         "val": M.summarize(val.targets, val.preds, classes, val.loss),
     }
     metrics["confusion_matrix"] = metrics["val"]["confusion_matrix"]
@@ -466,12 +468,16 @@ def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainCon
     return metrics
 
 
+NO_VALIDATION = ("no validation images (--val-split 0 on data without a val split): the last epoch's weights are "
+                 "kept and metrics.json has no validation figures")
+
+
 def evaluate(run: Run | str | Path, data: Any, *, split: str | None = None, out: str | Path | None = None,
              batch_size: int | None = None, **load_opts: Any) -> dict:
     """Metrics and a confusion matrix of a trained run on another dataset or split; written to ``out``.
 
     Without ``split`` a folder of class folders or a manifest is evaluated whole, a source with splits on its test
-    split. ``split`` (train, val or test) is that split as training makes it: a source's own, or else the stratified
+    split (or, without one, its val split; ``result["split"]`` says which). ``split`` (train, val or test) is that split as training makes it: a source's own, or else the stratified
     split seeded as the run's (its ``val_split`` and ``seed``), so ``split="val"`` on the folder a run trained on
     gives back its validation images. The run's Predictor does the work (its TTA, AMP and batch size, unless
     ``batch_size`` is given), so the figures equal those training wrote to metrics.json for the same images.
@@ -480,14 +486,24 @@ def evaluate(run: Run | str | Path, data: Any, *, split: str | None = None, out:
 
     run = run if isinstance(run, Run) else load_run(run)
     images = (load_split(data, split, classes=run.classes, **{**run.split_options(), **load_opts}) if split
-              else load_images(data, split="test", classes=run.classes, **load_opts))
+              else load_images(data, split=("test", "val"), classes=run.classes, **load_opts))
     if not images.meta.get("labeled", True):
         raise GapvisionError(f"{data} has no labels to evaluate against: use class folders or a manifest with labels")
+    if not len(images):
+        what = f"{split} images" if split else "images"
+        raise DataError(f"{data} has no {what} to evaluate" + (" (the run has no validation split: it trained "
+                                                               "with --val-split 0)" if split == "val" else ""))
+    used = split or images.meta.get("split", "all")
+    notes = list(images.meta.get("notes", []))
+    if not split and used == "val":
+        notes.append(f"{data} has no test split: evaluated its val split (pass --split to choose)")
     predictor = run.predictor
     res = predictor.evaluate(make_batches(images, run.preprocess, batch_size or predictor.batch_size))
-    result = {"data": str(data), "split": split or "all", **M.summarize(res.targets, res.preds, run.classes, res.loss)}
+    result = {"data": str(data), "split": used, **M.summarize(res.targets, res.preds, run.classes, res.loss)}
+    if notes:
+        result["notes"] = notes
     if out is None and run.path is not None:
-        out = run.path / "evaluations" / _slug(f"{data}-{split or 'all'}")
+        out = run.path / "evaluations" / _slug(f"{data}-{used}")
     if out is not None:
         writer = RunWriter(out)
         writer.json("metrics.json", result)

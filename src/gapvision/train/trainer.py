@@ -245,16 +245,19 @@ class Trainer:
             t0 = time.perf_counter()
             train_loss, train_acc = self.train_epoch(train, epoch)
             ev = self.evaluate(val, net=self.eval_net, tta=EPOCH_TTA.get(cfg.tta))
+            validated = len(ev.targets) > 0  # --val-split 0: no validation images, the last epoch is kept
             row = {
-                "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": ev.loss,
-                "val_acc": ev.acc, "lr": max(g["lr"] for g in self.optimizer.param_groups),
+                "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": ev.loss if validated else math.nan, "val_acc": ev.acc if validated else math.nan,
+                "lr": max(g["lr"] for g in self.optimizer.param_groups),
                 "seconds": time.perf_counter() - t0 + self.carry_seconds,
             }
             self.carry_seconds = 0.0
             st.history.append(row)
-            self.check_learning(ev)
+            if validated:
+                self.check_learning(ev)
             st.epoch = epoch + 1
-            improved = ev.acc > st.best_val_acc
+            improved = ev.acc > st.best_val_acc if validated else True
             if improved:
                 st.best_val_acc, st.best_epoch, st.bad_epochs = ev.acc, epoch + 1, 0
                 if self.writer is not None:
@@ -263,10 +266,9 @@ class Trainer:
                 st.bad_epochs += 1
             st.stopped_early = bool(cfg.patience and st.bad_epochs >= cfg.patience and st.epoch < cfg.epochs)
             self.save_checkpoint()
-            self.log(
-                f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
-                f"val loss {ev.loss:.4f} acc {ev.acc:.4f}{'  *' if improved else ''}  {row['seconds']:.1f}s"
-            )
+            val_text = f"val loss {ev.loss:.4f} acc {ev.acc:.4f}{'  *' if improved else ''}" if validated else "no val"
+            self.log(f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+                     f"{val_text}  {row['seconds']:.1f}s")
             if self.on_epoch is not None:
                 self.on_epoch(self, row)
             if st.stopped_early:
