@@ -143,7 +143,7 @@ def test_val_split_zero_trains_without_fake_validation_figures(tmp_path, capsys)
 def test_inspect_data_reports_classes_that_differ_in_case_and_images_labelled_two_ways(tmp_path, capsys):
     data = _folder(tmp_path / "d", {"Cat": 2, "cat": 2, "dog": 2})
     (data / "dog" / "copy.png").write_bytes((data / "cat" / "000.png").read_bytes())
-    rc, out, err = _cli(["inspect-data", "--data", data, "--val-split", "0"], capsys)
+    rc, out, err = _cli(["inspect-data", "--data", data, "--val-split", "0", "--out", tmp_path / "s.png"], capsys)
     assert rc == 0, err
     assert "classes 'Cat' and 'cat' differ only in case" in out
     assert "1 image(s) labelled two ways" in out and "as 'dog'" in out and "as 'cat'" in out

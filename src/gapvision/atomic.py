@@ -57,6 +57,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` (and its parents); one line saying why when it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if path.exists() and not path.is_dir():
+            raise GapvisionError(f"{path} is a file, not a folder: choose another output folder") from None
+        raise GapvisionError(f"could not create the folder {path} ({e.strerror or e}); {_what_to_do(path, e)}") \
+            from None
+    return path
+
+
 def _what_to_do(path: Path, e: OSError) -> str:
     """The advice for a failed write, by its cause."""
     if path.is_dir():
@@ -64,7 +77,7 @@ def _what_to_do(path: Path, e: OSError) -> str:
     if e.errno in (errno.ENOTDIR, errno.EEXIST) or any(p.exists() and not p.is_dir() for p in path.parents):
         return "a part of that path is a file, not a folder: choose another output path"
     return (f"the previous {path.name}, if any, is untouched: free disk space or fix permissions and run the "
-            "command again (training continues with --resume RUN_DIR)")
+            "command again")
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -30,6 +30,13 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .train.pipeline import resume, train
 
     if a.resume:
+        given = [k for k in collect(a) if k not in ("epochs", "quiet")]
+        given += [k for k in ("data", "model", "head", "out") if getattr(a, k, None) is not None]
+        if given:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in dict.fromkeys(given))
+            raise GapvisionError(f"--resume goes on with {a.resume}'s own settings; {flags} cannot change them "
+                                 "(only --epochs and --quiet can): drop them, or start a new run from its weights "
+                                 f"with --weights {a.resume} --out NEW_DIR")
         resume(a.resume, epochs=a.epochs, quiet=a.quiet)
         return
     if not a.data:
@@ -61,7 +68,9 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from .data.images import unreadable_note
     from .distributed import inference_inputs
     from .predict import format_table, open_predictor
+    from .predictor import check_topk
 
+    check_topk(a.topk)  # before --output's files exist
     run_dir, inputs = run_and_inputs(a)
     run = open_predictor(run_dir, model=a.model, weights=a.weights, labels=a.labels, normalize=a.normalize,
                          img_size=a.img_size, head=a.head, crop=a.crop)

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset, Sampler
 
 from . import atomic
 from .devices import uses_cuda
-from .errors import ConfigError
+from .errors import ConfigError, GapvisionError
 
 T = TypeVar("T")
 
@@ -300,17 +300,25 @@ def alone(trainer: Any) -> Any:
 
 # -- sharded inference -----------------------------------------------------------------------------------------------
 def _read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file; a torn last line (an interrupted write) is ignored."""
-    out = []
+    """Records of a JSONL file; a torn last line (an interrupted write) is ignored. A file that holds anything
+    else (another command's output, a report...) is an error, so that it is never overwritten."""
+    out: list[dict] = []
     if not path.exists():
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        lines = ["\0"]
+    for n, line in enumerate(lines, 1):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            rec = None
         if isinstance(rec, dict) and "image" in rec:
             out.append(rec)
+        elif n < len(lines) or out == [] and line.strip() and not line.lstrip().startswith("{"):
+            raise GapvisionError(f"{path} already exists and is not this command's JSONL output (line {n} is not a "
+                                 "record): choose another --output, or remove that file")
     return out
 
 

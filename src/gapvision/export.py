@@ -22,6 +22,7 @@ import importlib.util
 import io
 import json
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,8 +31,9 @@ import torch
 from torch import nn
 
 from . import __version__, atomic
+from .data.images import SKIP_BAD_HINT
 from .data.transforms import Preprocess, normalize, to_uint8
-from .errors import ConfigError, GapvisionError
+from .errors import ConfigError, DataError, GapvisionError
 from .predictor import Predictor
 from .runs import Run, load_run, to_pil
 
@@ -50,12 +52,15 @@ def export(run: Run | str | Path, format: str = "onnx", fcn: bool = False, out: 
     ``model_fcn.onnx`` / ``model_fcn.ts``) and return the path.
 
     ``check`` runs :func:`check_parity` on random inputs and ``images`` (default: a few of the run's validation
-    images) and raises GapvisionError when the file disagrees with PyTorch.
+    images; decoded before anything is written) and raises GapvisionError when the file disagrees with PyTorch.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown --format {format!r}: choose {', '.join(FORMATS)}")
     run = run if isinstance(run, Run) else load_run(run)
     path = Path(out) if out else default_path(run, format, fcn)
+    check_suffix(path, format)
+    if check:
+        images = sample_images(run) if images is None else check_images(images)
     net = exported_module(run, fcn)
     meta = metadata(run, net, fcn)
     if format == "onnx":
@@ -83,6 +88,32 @@ def exported_module(run: Run, fcn: bool) -> nn.Module:
     else:
         net = copy.deepcopy(run.model)
     return net.to("cpu", memory_format=torch.contiguous_format).eval()
+
+
+def check_suffix(path: Path, format: str) -> None:
+    """Raise ConfigError when ``path`` ends in the other format's suffix (``.onnx`` for TorchScript, ``.ts`` for
+    ONNX); other names (none, ``.pt``...) are taken as given."""
+    named = {suffix: name for name, suffix in FORMATS.items()}.get(path.suffix.lower(), format)
+    if named != format:
+        raise ConfigError(f"--out {path} ends in {path.suffix}, the {named} suffix, but --format {format} writes "
+                          f"{format}: name it {path.with_suffix(FORMATS[format]).name} or pass --format {named}")
+
+
+def file_format(path: Path) -> str:
+    """The format of an exported file by its content, whatever its name: TorchScript files are zip archives."""
+    return "torchscript" if zipfile.is_zipfile(path) else "onnx"
+
+
+def check_images(images: Sequence[Any]) -> list[Any]:
+    """The parity check's real images decoded (paths through the project's decoder), or a one-line DataError that
+    names the file that does not decode and says to leave it out of ``--check-images``."""
+    decoded = []
+    for im in images:
+        try:
+            decoded.append(to_pil(im))
+        except DataError as e:
+            raise DataError(str(e).replace(SKIP_BAD_HINT, "fix it or remove it from --check-images")) from None
+    return decoded
 
 
 def dynamic_size(run: Run, fcn: bool) -> bool:
@@ -205,7 +236,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise GapvisionError(f"{path}: no such file")
-    if path.suffix == ".onnx":
+    if file_format(path) == "onnx":
         onnx = _need("onnx", "reading ONNX metadata")
         raw = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     else:
@@ -223,11 +254,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 # -- parity ------------------------------------------------------------------------------------------------------
 class _Runner:
-    """Runs an exported file on a float32 batch: onnxruntime for .onnx, torch.jit for TorchScript."""
+    """Runs an exported file on a float32 batch: onnxruntime for ONNX, torch.jit for TorchScript (by content)."""
 
     def __init__(self, path: Path):
         self.path = path
-        if path.suffix == ".onnx":
+        if file_format(path) == "onnx":
             ort = _need("onnxruntime", "the ONNX parity check")
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
@@ -283,8 +314,7 @@ def check_parity(path: str | Path, run: Run | str | Path, fcn: bool = False, ima
     GapvisionError when any difference exceeds ``atol``. ``images`` default: a few of the run's validation images
     (none when the run's data cannot be loaded here)."""
     run = run if isinstance(run, Run) else load_run(run)
-    if images is None:
-        images = sample_images(run)
+    images = sample_images(run) if images is None else check_images(images)
     reference = Predictor(exported_module(run, fcn), run.preprocess, device="cpu")  # eager fp32, no TTA: the graph
     runner = _Runner(Path(path))
     checks = []

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from .choices import (AUGMENTS, CHANNELS, FREEZE, IN_MEMORY_MODES, INITS, NORMALIZE_MODES, STEMS, SWITCHES,
                       TTA_MODES)
+from .errors import ConfigError
 from .train.config import CACHE_FEATURES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
 
 LOAD = {"load": True}  # metadata of the DataOptions fields that are keyword arguments of load_data / load_images
@@ -61,6 +62,10 @@ class ModelOptions:
     freeze: str = "none"
     init: str = "auto"
     stem: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0 <= float(self.dropout) < 1:
+            raise ConfigError(f"--dropout must be at least 0 and below 1 (got {self.dropout}); 0 turns it off")
 
 
 GROUPS = (DataOptions, ModelOptions, TrainConfig)

@@ -27,6 +27,7 @@ from .choices import TTA_MODES
 from .data.images import records_of_readable, to_pil
 from .data.transforms import Preprocess, eval_transform, normalize
 from .devices import choose_device, resolve_precision
+from .errors import ConfigError
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -183,6 +184,7 @@ class Predictor:
                 skip_bad: bool = False) -> list[dict]:
         """``[{"image": name, "top": [{"label": ..., "prob": ...}, ...]}, ...]`` for each image. ``skip_bad``: an
         image file that does not decode gets ``{"image": name, "error": why}`` instead of stopping the batch."""
+        check_topk(topk)
         items = as_list(images)
         names = [image_name(im, n) for n, im in enumerate(items)]
         if not skip_bad:
@@ -203,6 +205,12 @@ class Predictor:
         if self.preprocess is None:
             raise ValueError("this Predictor has no preprocessing: pass normalised tensors or a batch source")
         return self.preprocess
+
+
+def check_topk(topk: int) -> None:
+    """``--topk`` is a count of classes: at least 1 (more than there are classes gives them all)."""
+    if not topk >= 1:
+        raise ConfigError(f"--topk must be at least 1 (got {topk})")
 
 
 def place(net: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:

@@ -28,7 +28,14 @@ def read_config(path: str | Path) -> dict:
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise GapvisionError(f"{cfg_path} is not valid JSON ({e.msg} at line {e.lineno}); the run is damaged") from None
-    version = int(config.get("format_version", 0))
+    if not isinstance(config, dict):
+        raise GapvisionError(f"{cfg_path} holds a JSON {type(config).__name__}, not the run's settings; the run is "
+                             "damaged or not from gapvision")
+    try:
+        version = int(config.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise GapvisionError(f"{cfg_path}: format_version {config.get('format_version')!r} is not a number; the run "
+                             "is damaged") from None
     if version > FORMAT_VERSION:
         raise GapvisionError(
             f"{path} was written by a newer gapvision (run format {version}, this one reads up to {FORMAT_VERSION}): "

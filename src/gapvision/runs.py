@@ -11,13 +11,14 @@ A run directory is enough to rebuild the exact model and preprocessing::
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import pickle
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -48,12 +49,24 @@ class RunWriter:
         self.path = Path(path)
         self.enabled = enabled  # False on non-zero DDP ranks: nothing is written
         if enabled:
-            self.path.mkdir(parents=True, exist_ok=True)
+            atomic.make_folder(self.path)
             atomic.remove_stale_temporaries(self.path)  # left by a writer that was killed mid-write
+
+    @contextlib.contextmanager
+    def _resumable(self) -> Iterator[None]:
+        """A failed write says how training goes on when the run has a checkpoint to resume from."""
+        try:
+            yield
+        except GapvisionError as e:
+            if not (self.path / "checkpoint.pt").exists():
+                raise
+            raise GapvisionError(f"{e} (training continues from its last saved epoch with --resume {self.path})") \
+                from None
 
     def json(self, name: str, obj: Any) -> None:
         if self.enabled:
-            atomic.write_json(self.path / name, obj)
+            with self._resumable():
+                atomic.write_json(self.path / name, obj)
 
     def history(self, rows: list[dict]) -> None:
         if not self.enabled:
@@ -63,17 +76,20 @@ class RunWriter:
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        atomic.write_text(self.path / "history.csv", buf.getvalue())
+        with self._resumable():
+            atomic.write_text(self.path / "history.csv", buf.getvalue())
 
     def model(self, net: torch.nn.Module, name: str = "model.safetensors") -> None:
         if self.enabled:
-            save_weights(net, self.path / name)
+            with self._resumable():
+                save_weights(net, self.path / name)
 
     def checkpoint(self, state: dict) -> None:
         if self.enabled:
             buf = io.BytesIO()  # serialise first: a full disk then fails in one plain OSError, never half-way in C++
             torch.save(state, buf)
-            atomic.write_bytes(self.path / "checkpoint.pt", buf.getvalue())
+            with self._resumable():
+                atomic.write_bytes(self.path / "checkpoint.pt", buf.getvalue())
 
 
 def save_weights(net: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -106,7 +122,10 @@ def load_checkpoint(path: str | Path) -> dict:
         raise GapvisionError(f"{path} holds pickled code, not just tensors, and gapvision never unpickles code: the "
                              f"checkpoint was tampered with or is not gapvision's; do not resume from it") from None
     except Exception as e:  # noqa: BLE001 - any failure here is a bad file, reported in one line
-        raise GapvisionError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+        reason = next(iter(str(e).splitlines()), "") or type(e).__name__
+        raise GapvisionError(f"cannot load checkpoint {path} ({reason}): it is damaged, so the run cannot resume; its "
+                             "best weights (model.safetensors) still predict, and `gapvision train --weights RUN_DIR` "
+                             "starts a new run from them") from None
 
 
 class Run:
@@ -119,9 +138,19 @@ class Run:
     def __init__(self, path: Path | None, config: dict, model: Classifier | None = None):
         self.path = path
         self.config = config
-        self.classes: list[str] = list(config["classes"])
-        self.preprocess = Preprocess.from_dict(config["preprocess"])
-        self.model_config = ModelConfig.from_dict(config["model"])
+        where = f"{path / 'config.json'}" if path is not None else "the run's config"
+        try:
+            self.classes: list[str] = [str(c) for c in config["classes"]]
+            self.preprocess = Preprocess.from_dict(config["preprocess"])
+            self.model_config = ModelConfig.from_dict(config["model"])
+            sizes = (self.preprocess.channels, self.preprocess.img_size, self.model_config.num_classes)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+                raise ValueError(f"channels, img_size and num_classes must be positive integers, got {sizes}")
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise GapvisionError(f"{where} is damaged ({type(e).__name__}: {e}): restore it or train again") from None
+        if path is not None and len(self.classes) != self.model_config.num_classes:  # a run directory's config
+            raise GapvisionError(f"{where} lists {len(self.classes)} classes but its model has "
+                                 f"{self.model_config.num_classes} outputs: the run is damaged; restore config.json")
         self._model = model
         self._predictor: Predictor | None = None
 
@@ -158,7 +187,9 @@ class Run:
             net = create_model(**{k: v for k, v in self.model_config.to_dict().items()})
             weights = self.path / WEIGHTS if self.path else None
             if weights is None or not weights.exists():
-                raise GapvisionError(f"{self.path} has no model.safetensors yet (training did not finish an epoch)")
+                why = ("it was removed after training: restore it, or train again"
+                       if (self.path / "checkpoint.pt").exists() else "training did not finish an epoch")
+                raise GapvisionError(f"{self.path} has no model.safetensors ({why})")
             load_run_weights(net, weights)
             self._model = net.eval()
         return self._model
@@ -182,13 +213,26 @@ class Run:
         p = self.path / "history.csv" if self.path else None
         if p is None or not p.exists():
             return []
-        with open(p, newline="") as f:
-            return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        try:
+            with open(p, newline="") as f:
+                return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+                        for row in csv.DictReader(f)]
+        except (ValueError, TypeError, csv.Error) as e:
+            raise GapvisionError(f"{p} is damaged ({e}): remove it to go on without the curves") from None
 
     @property
     def metrics(self) -> dict:
         p = self.path / "metrics.json" if self.path else None
-        return json.loads(p.read_text()) if p is not None and p.exists() else {}
+        if p is None or not p.exists():
+            return {}
+        try:
+            metrics = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise GapvisionError(f"{p} is not valid JSON ({e.msg} at line {e.lineno}): remove it, or run "
+                                 "`gapvision evaluate` for fresh figures") from None
+        if not isinstance(metrics, dict):
+            raise GapvisionError(f"{p} holds a JSON {type(metrics).__name__}, not the run's metrics: remove it")
+        return metrics
 
     def device(self) -> torch.device:
         return self.predictor.device

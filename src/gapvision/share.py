@@ -9,14 +9,14 @@ from .options import add_pretrained_args
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from .export import check_parity, export
+    from .export import check_images, check_parity, export
     from .runs import list_images
 
+    images = check_images(list_images(a.check_images)) if a.check_images and not a.no_check else None
     path = export(a.run, a.format, fcn=a.fcn, out=a.out, check=False, exporter=a.exporter)
     print(f"wrote {path}")
     if a.no_check:
         return
-    images = list_images(a.check_images) if a.check_images else None
     res = check_parity(path, a.run, fcn=a.fcn, images=images)
     real = f"{res['real_images']} real images" if res["real_images"] else "no real images (the run's data is not here)"
     print(f"parity with PyTorch: max abs difference {res['max_abs_diff']:.2g} <= {res['atol']:g} over "

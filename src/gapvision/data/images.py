@@ -35,7 +35,7 @@ MAX_IMAGE_PIXELS: int = int(os.environ.get("GAPVISION_MAX_IMAGE_PIXELS", 89_478_
 _JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
 _KEEP_MODES = {"L", "LA", "P", "PA", "RGB", "RGBA"}
 _GRAY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
-_HINT = "fix or remove it, or pass --skip-bad"
+SKIP_BAD_HINT = "fix or remove it, or pass --skip-bad"
 
 
 class ImageTooLarge(DataError):
@@ -114,7 +114,7 @@ def open_lazily(path: str | os.PathLike, *, max_pixels: int | None = None) -> It
     if not path.is_file():
         raise DataError(f"image {path} not found: fix the path or remove it from the data")
     if path.stat().st_size == 0:
-        raise DataError(f"image {path} is empty (0 bytes): {_HINT}")
+        raise DataError(f"image {path} is empty (0 bytes): {SKIP_BAD_HINT}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked below
@@ -126,12 +126,12 @@ def open_lazily(path: str | os.PathLike, *, max_pixels: int | None = None) -> It
     except DataError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageTooLarge(f"image {path} is too large ({e}): {_HINT}, or raise GAPVISION_MAX_IMAGE_PIXELS") from e
+        raise ImageTooLarge(f"image {path} is too large ({e}): {SKIP_BAD_HINT}, or raise GAPVISION_MAX_IMAGE_PIXELS") from e
     except UnidentifiedImageError as e:
-        raise DataError(f"{path} is not an image Pillow can read: {_HINT}") from e
+        raise DataError(f"{path} is not an image Pillow can read: {SKIP_BAD_HINT}") from e
     except Exception as e:  # truncated or corrupt data: Pillow raises OSError, SyntaxError, ValueError, EOFError...
         reason = f"{type(e).__name__}: {e}"
-        raise ImageDamaged(f"image {path} is unreadable ({reason}): {_HINT}", reason) from e
+        raise ImageDamaged(f"image {path} is unreadable ({reason}): {SKIP_BAD_HINT}", reason) from e
 
 
 def to_pil(im: "str | os.PathLike | Image.Image | np.ndarray") -> Image.Image:
@@ -155,7 +155,7 @@ def records_of_readable(items: Sequence[Any], names: Sequence[str],
         try:
             decoded.append(to_pil(im))
         except DataError as e:
-            decoded.append(str(e).removesuffix(f": {_HINT}"))
+            decoded.append(str(e).removesuffix(f": {SKIP_BAD_HINT}"))
     good = [i for i, im in enumerate(decoded) if not isinstance(im, str)]
     done = iter(fn([decoded[i] for i in good], [names[i] for i in good]) if good else [])  # type: ignore[misc]
     return [{"image": names[i], "error": im} if isinstance(im, str) else next(done) for i, im in enumerate(decoded)]
@@ -180,14 +180,14 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except FileNotFoundError:
         raise DataError(f"image {path} not found: fix the path or remove it from the data") from None
     except Exception as e:  # noqa: BLE001 - any failure here is a bad file, reported in one line
-        raise DataError(f"image {path} is unreadable ({type(e).__name__}: {e}): {_HINT}") from None
+        raise DataError(f"image {path} is unreadable ({type(e).__name__}: {e}): {SKIP_BAD_HINT}") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def _bomb(path: Path, w: int, h: int, limit: int) -> DataError:
     return ImageTooLarge(
         f"image {path} is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} (decompression bomb?): "
-        f"{_HINT}, or raise GAPVISION_MAX_IMAGE_PIXELS if it is genuine"
+        f"{SKIP_BAD_HINT}, or raise GAPVISION_MAX_IMAGE_PIXELS if it is genuine"
     )
 
 

@@ -36,7 +36,7 @@ from PIL import Image
 from ..errors import ConfigError, DataError
 from . import boxes, builtin
 from .files import subdirs
-from .images import IMAGE_EXTENSIONS, image_files, is_grayscale, is_image_file, open_image
+from .images import IMAGE_EXTENSIONS, SKIP_BAD_HINT, image_files, is_grayscale, is_image_file, open_image
 from .imageset import DataSplits, ImageSet
 from .transforms import Preprocess, mean_std, preset_stats, to_uint8
 
@@ -46,7 +46,6 @@ SHAPES_DEFAULTS = {"n": 1600, "size": 64}  # + val = n * val_split / (1 - val_sp
 SCENES_DEFAULTS = {"n": 200, "size": 128, "min_objects": 1, "max_objects": 3, "seed": -1}  # seed -1: --seed
 DIGITS_DEFAULTS = {"size": 32, "test": 0.2}
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100", "SVHN", "FakeData")
-_SKIP_HINT = "fix or remove it, or pass --skip-bad"
 
 
 @dataclass
@@ -439,7 +438,7 @@ def _check_not_empty_files(paths: list[str], opts: LoadOptions, notes: list[str]
     for bad, what in ((gone, "leads to no file (a broken link, or removed)"), (empty, "is empty (0 bytes)")):
         if bad and not opts.skip_bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise DataError(f"image {bad[0]} {what}{more}: {_SKIP_HINT}")
+            raise DataError(f"image {bad[0]} {what}{more}: {SKIP_BAD_HINT}")
     if gone:
         notes.append(f"skipped {_count(len(gone), 'image name')} that lead{'s' * (len(gone) == 1)} to no file "
                      f"(first: {gone[0]})")

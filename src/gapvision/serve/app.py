@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import ConfigError, DataError, GapvisionError
+from ..predictor import check_topk
 from ..runs import Run, load_run
 
 try:  # optional dependency: create_app says what to install when it is missing
@@ -241,6 +242,7 @@ def create_app(run: Run | str | Path, *, topk: int = 5, max_upload_mb: float = 1
     run = run if isinstance(run, Run) else load_run(run)
     if max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive (got {max_upload_mb})")
+    check_topk(topk)
     service = Service(run, topk, int(max_upload_mb * 1024 * 1024), localize_options)
     app = fastapi.FastAPI(title="gapvision", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service

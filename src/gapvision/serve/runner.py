@@ -2,7 +2,10 @@
 notebooks)."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
+import socket
 import threading
 import time
 from pathlib import Path
@@ -31,15 +34,48 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` as uvicorn would bind it (port 0: a free one), so that a bad ``--host`` or
+    ``--port``, or a port in use, is a one-line ConfigError before anything is announced."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535 (got {port}); 0 picks a free port")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart need not wait for TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        why = e.strerror or str(e)
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"--port {port} is already in use on {host}: stop the program that holds it or choose "
+                              "another --port (0 picks a free one)") from None
+        if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"--host {host} is not an address of this machine ({why}): use 127.0.0.1 (this "
+                              "machine only), 0.0.0.0 (every network) or one of its own addresses") from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({why}): check --host and --port") from None
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """The address to open in a browser for a server listening on ``sock`` (any-address: this machine's)."""
+    host, port = sock.getsockname()[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
 def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8000, *, topk: int = 5,
           max_upload_mb: float = 10, localize_options: dict | None = None, log_level: str = "info") -> None:
-    """Serve ``run`` until Ctrl-C. Binds 127.0.0.1 (this machine only) unless ``host`` says otherwise."""
+    """Serve ``run`` until Ctrl-C. Binds 127.0.0.1 (this machine only) unless ``host`` says otherwise; port 0 picks a
+    free port (the announced address has the real one)."""
     uvicorn = _uvicorn()
-    app = create_app(run, topk=topk, max_upload_mb=max_upload_mb, localize_options=localize_options)
-    if not is_loopback(host):
-        print(f"note: listening on {host}: other machines on the network can use this model (no authentication)")
-    print(f"serving on http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/  (Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    with listening_socket(host, port) as sock:
+        app = create_app(run, topk=topk, max_upload_mb=max_upload_mb, localize_options=localize_options)
+        if not is_loopback(host):
+            print(f"note: listening on {host}: other machines on the network can use this model (no authentication)")
+        print(f"serving on {url_of(sock)}  (Ctrl-C stops)", flush=True)
+        config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level=log_level)
+        with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C is the way to stop
+            uvicorn.Server(config).run(sockets=[sock])
 
 
 class BackgroundServer:

@@ -61,8 +61,13 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value != "auto" and not value > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
-        if self.freeze_epochs < 0:
-            raise ConfigError(f"--freeze-epochs must be >= 0 (got {self.freeze_epochs})")
+        for name in ("weight_decay", "clip_grad", "patience", "freeze_epochs"):
+            value = getattr(self, name)
+            if not value >= 0:  # NaN too
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {value}); 0 turns it off")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label-smoothing must be at least 0 and below 1 (got {self.label_smoothing}); "
+                              "0 turns it off")
         if self.cache_features not in CACHE_FEATURES:
             raise ConfigError(f"--cache-features must be auto or off (got {self.cache_features!r})")
         if self.recipe not in RECIPES:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.loaders import Batches
-from ..errors import GapvisionError
+from ..errors import ConfigError, GapvisionError
 from ..models.classifier import apply_freeze_mode, set_freeze
 from .config import TrainConfig
 from .optim import HEAD_PHASE, build_optimizer, phase_of, set_lr
@@ -23,6 +23,7 @@ from .optim import HEAD_PHASE, build_optimizer, phase_of, set_lr
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
 SMOOTHING = 0.98  # exponential moving average of the loss (debiased), as in fastai
 STOP_FACTOR = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
+MIN_STEPS = 3  # the fewest points the valley rule can read a suggestion from
 
 
 @dataclass
@@ -44,8 +45,8 @@ def valley(lrs: list[float], losses: list[float]) -> float:
     """fastai's "valley" suggestion: the longest stretch over which the loss keeps decreasing, and an lr two thirds
     of the way down it (where it is steep but still well away from the blow-up)."""
     n = len(losses)
-    if n < 3:
-        raise GapvisionError("the LR sweep stopped after fewer than 3 steps: the loss blew up at once; "
+    if n < MIN_STEPS:
+        raise GapvisionError(f"the LR sweep stopped after fewer than {MIN_STEPS} steps: the loss blew up at once; "
                              "lower the start of the sweep or check the data")
     run = [1] * n  # length of the longest decreasing subsequence ending at i
     best_end = 0
@@ -60,12 +61,19 @@ def valley(lrs: list[float], losses: list[float]) -> float:
     return float(lrs[max(0, min(n - 1, start + int(third) + int(third / 2)))])
 
 
+def check_sweep(start_lr: float, end_lr: float, steps: int) -> None:
+    """Raise ConfigError, before any data is loaded, for a sweep that cannot give a suggestion."""
+    if not 0 < start_lr < end_lr:
+        raise ConfigError(f"the LR sweep needs 0 < --start-lr < --end-lr (got {start_lr:g} and {end_lr:g})")
+    if steps < MIN_STEPS:
+        raise ConfigError(f"--steps must be at least {MIN_STEPS} (got {steps}); the default is {STEPS}")
+
+
 def sweep(net: nn.Module, batches: Batches, cfg: TrainConfig, *, start_lr: float = START_LR, end_lr: float = END_LR,
           steps: int = STEPS, device: torch.device | str = "cpu") -> LRFindResult:
     """The range test on a copy of ``net`` with the optimiser ``cfg`` trains it with (the parameters of its first
     phase; discriminative lrs keep their ratio to the swept head lr)."""
-    if not 0 < start_lr < end_lr:
-        raise GapvisionError(f"the LR sweep needs 0 < start < end (got {start_lr}, {end_lr})")
+    check_sweep(start_lr, end_lr, steps)
     rng = torch.get_rng_state()
     phase = phase_of(cfg, 0)
     work = copy.deepcopy(net).to(device)

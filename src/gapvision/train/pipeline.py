@@ -31,7 +31,7 @@ from ..predictor import Predictor, inference_options
 from ..runs import FORMAT_VERSION, Run, RunWriter, default_run_dir, load_checkpoint, load_run, load_run_weights
 from . import metrics as M
 from .config import TrainConfig
-from .lr_find import START_LR, END_LR, STEPS, LRFindResult, apply_suggestion, plot_lr_find, sweep
+from .lr_find import START_LR, END_LR, STEPS, LRFindResult, apply_suggestion, check_sweep, plot_lr_find, sweep
 from .recipes import apply_recipe, choose_recipe
 from .trainer import Trainer, TrainingDiverged, resolve_device, seed_everything, set_deterministic
 
@@ -146,6 +146,10 @@ def train(data: Any = "builtin:shapes", model: str | None = None, head: str | No
     path = distributed.broadcast(Path(out) if out else default_run_dir(mopts.model, mopts.head))  # rank 0's clock
     if (path / "checkpoint.pt").exists():
         raise GapvisionError(f"{path} already holds a run: continue it with --resume {path}, or pick another --out")
+    held = [n for n in ("config.json", "model.safetensors", "metrics.json") if (path / n).exists()]
+    if held:
+        raise GapvisionError(f"{path} already holds a run ({', '.join(held)}): pick another --out, or remove that "
+                             "folder first")
     writer = RunWriter(path, enabled=ctx.is_main)
     config = run_config(dopts, mopts, net.config, pre, tcfg, splits.classes,  # type: ignore[arg-type]
                         world_size=ctx.world_size)
@@ -308,6 +312,20 @@ def resume(run_dir: str | Path, data: Any = None, epochs: int | None = None, qui
     ckpt_path = Path(run_dir) / "checkpoint.pt"
     if not ckpt_path.exists():
         raise GapvisionError(f"{run_dir} has no checkpoint.pt to resume from (it never finished an epoch): start again")
+    checkpoint = load_checkpoint(ckpt_path)
+    done, planned = int(checkpoint.get("state", {}).get("epoch", 0)), int(run.config["train"]["epochs"])
+    if epochs is not None and int(epochs) < done:
+        raise ConfigError(f"{run_dir} has already trained {done} epoch{'s' * (done != 1)}: --epochs {epochs} cannot "
+                          f"undo that; pass more than {done} to train on")
+    try:
+        finished = run.metrics.get("status") == "finished"
+    except GapvisionError:  # a damaged metrics.json: resuming writes it anew
+        finished = False
+    if done >= (planned if epochs is None else int(epochs)) and finished:
+        if not quiet:
+            print(f"{run_dir} has finished its {done} epoch{'s' * (done != 1)}: nothing to resume (pass --epochs "
+                  f"N > {done} to train on)")
+        return run
     config = run.config
     dd = dict(config["data"])
     if data is not None:
@@ -332,8 +350,7 @@ def resume(run_dir: str | Path, data: Any = None, epochs: int | None = None, qui
     config["world_size"] = ctx.world_size
     writer = RunWriter(run_dir, enabled=ctx.is_main)
     writer.json("config.json", config)
-    return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config, checkpoint=load_checkpoint(ckpt_path),
-                           feed=feed)
+    return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config, checkpoint=checkpoint, feed=feed)
 
 
 def _fit_and_finish(net: Classifier, splits: DataSplits, pre: Preprocess, dopts: DataOptions, tcfg: TrainConfig,
@@ -541,6 +558,7 @@ def lr_find(data: Any = "builtin:shapes", model: str | None = None, head: str | 
     user = {"model": model, "head": head, **{k: v for k, v in options.items() if k != "lr"}}
     seed = int(options.get("seed") or 0)
     seed_everything(seed)
+    check_sweep(start_lr, end_lr, steps)  # before the data is loaded
     p = prepare_run(data, user, seed)
     tcfg, device = p.tcfg, resolve_device(p.tcfg.device)
     batches = make_batches(p.splits.train, p.pre, tcfg.batch_size, train=True, augment=p.dopts.augment, seed=tcfg.seed,

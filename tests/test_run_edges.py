@@ -1,0 +1,119 @@
+"""Run-directory edges found by trying the CLI as a user would: options that --resume cannot change, a finished run
+resumed, a folder that already holds a run, output paths that are files, damaged config/metrics/history/checkpoint
+files, a JSONL --output that is some other file. Each is a one-line error (or an honest no-op) and no work is lost."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gapvision import atomic
+from gapvision.errors import GapvisionError
+from gapvision.runs import RunWriter
+
+from test_bad_inputs import TRAIN, _cli, _folder, _one_line_error, trained_run  # noqa: F401 (a fixture, shared)
+
+
+def _copy(run: Path, where: Path) -> Path:
+    shutil.copytree(run, where)
+    return where
+
+
+def _image(run: Path) -> Path:
+    return next(Path(json.loads((run / "config.json").read_text())["data"]["data"]).rglob("*.png"))
+
+
+def test_resume_refuses_options_it_cannot_apply(trained_run, capsys):
+    before = (trained_run / "config.json").read_text()
+    rc, _, err = _cli(["train", "--resume", trained_run, "--lr", "0.5", "--data", "builtin:digits"], capsys)
+    _one_line_error(rc, err, "--lr, --data cannot change them", f"--weights {trained_run}")
+    assert (trained_run / "config.json").read_text() == before
+
+
+def test_resuming_a_finished_run_changes_nothing_and_fewer_epochs_is_an_error(trained_run, capsys):
+    before = {n: (trained_run / n).read_bytes() for n in ("config.json", "metrics.json", "model.safetensors")}
+    rc, out, err = _cli(["train", "--resume", trained_run], capsys)
+    assert rc == 0, err
+    assert "has finished its 1 epoch: nothing to resume" in out
+    rc, _, err = _cli(["train", "--resume", trained_run, "--epochs", "0"], capsys)
+    _one_line_error(rc, err, "has already trained 1 epoch:", "--epochs 0")
+    assert {n: (trained_run / n).read_bytes() for n in before} == before
+
+
+def test_a_folder_holding_a_finished_run_is_not_overwritten(trained_run, tmp_path, capsys):
+    run = _copy(trained_run, tmp_path / "kept")
+    (run / "checkpoint.pt").unlink()  # removed to save space: the run is still there
+    weights = (run / "model.safetensors").read_bytes()
+    rc, _, err = _cli([*TRAIN, "--quiet", "--data", "builtin:shapes?n=16&size=16", "--out", run], capsys)
+    _one_line_error(rc, err, f"{run} already holds a run (config.json, model.safetensors", "pick another --out")
+    assert (run / "model.safetensors").read_bytes() == weights
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(trained_run, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for argv in ([*TRAIN, "--quiet", "--data", "builtin:shapes?n=16&size=16", "--out", afile],
+                 [*TRAIN, "--quiet", "--data", "builtin:shapes?n=16&size=16", "--out", afile / "sub"],
+                 ["evaluate", trained_run, "--data", _image(trained_run).parent.parent, "--out", afile]):
+        rc, _, err = _cli(argv, capsys)
+        _one_line_error(rc, err, str(afile))
+    assert afile.read_text() == "mine"
+
+
+@pytest.mark.parametrize("damage, needles", [
+    (lambda c: [1, 2, 3], ["holds a JSON list"]),
+    (lambda c: {**c, "format_version": "x"}, ["format_version 'x' is not a number"]),
+    (lambda c: {**c, "preprocess": {**c["preprocess"], "img_size": "big"}}, ["is damaged", "img_size"]),
+    (lambda c: {**c, "classes": c["classes"][:1]}, ["lists 1 classes but its model has 2 outputs"]),
+])
+def test_a_damaged_config_is_one_line_in_every_command(trained_run, tmp_path, capsys, damage, needles):
+    run = _copy(trained_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(damage(config)))
+    for argv in (["predict", run, _image(trained_run)], ["export", run, "--out", tmp_path / "m.onnx"],
+                 ["report", run, "--out", tmp_path / "r.html"]):
+        rc, _, err = _cli(argv, capsys)
+        _one_line_error(rc, err, *needles)
+
+
+def test_an_empty_checkpoint_says_what_still_works(trained_run, tmp_path, capsys):
+    run = _copy(trained_run, tmp_path / "run")
+    (run / "checkpoint.pt").write_bytes(b"")
+    rc, _, err = _cli(["train", "--resume", run], capsys)
+    _one_line_error(rc, err, "cannot load checkpoint", "model.safetensors) still predict", "--weights RUN_DIR")
+
+
+@pytest.mark.parametrize("name, damage, needle", [
+    ("metrics.json", "{bad", "is not valid JSON"),
+    ("metrics.json", "[]", "holds a JSON list"),
+    ("history.csv", "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n1,x,0,0,0,0,0\n", "is damaged"),
+])
+def test_damaged_metrics_or_history_are_one_line_in_report(trained_run, tmp_path, capsys, name, damage, needle):
+    run = _copy(trained_run, tmp_path / "run")
+    (run / name).write_text(damage)
+    rc, _, err = _cli(["report", run, "--out", tmp_path / "r.html"], capsys)
+    _one_line_error(rc, err, str(run / name), needle)
+
+
+def test_predict_output_never_overwrites_another_file(trained_run, tmp_path, capsys):
+    page = tmp_path / "report.html"
+    page.write_text("<html>\n<body>my report</body>\n</html>\n")
+    rc, _, err = _cli(["predict", trained_run, _image(trained_run), "--output", page], capsys)
+    _one_line_error(rc, err, str(page), "is not this command's JSONL output", "choose another --output")
+    assert page.read_text().startswith("<html>")
+
+
+def test_a_failed_write_offers_resume_only_when_there_is_a_checkpoint(tmp_path, monkeypatch):
+    def full(path, data):
+        raise GapvisionError(f"could not write {path} (No space left on device); free disk space")
+
+    writer = RunWriter(tmp_path / "fresh")
+    monkeypatch.setattr(atomic, "write_bytes", full)
+    with pytest.raises(GapvisionError) as e:
+        writer.json("config.json", {})
+    assert "--resume" not in str(e.value)
+    (tmp_path / "fresh" / "checkpoint.pt").write_bytes(b"x")
+    with pytest.raises(GapvisionError, match=r"training continues from its last saved epoch with --resume"):
+        writer.json("config.json", {})
