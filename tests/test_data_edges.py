@@ -181,3 +181,14 @@ def test_predict_reads_a_manifest_with_and_without_output(trained_run, manifest_
     rc, out, err = _cli(["predict", trained_run, m, "--output", tmp_path / "p.jsonl"], capsys)
     assert rc == 0, err
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 8
+
+
+def test_the_predict_table_aligns_wide_characters():
+    from gapvision.predict import display_width, format_table
+
+    rows = [{"image": name, "top": [{"label": "cat", "prob": 0.9}]} for name in ("猫の写真.png", "dog.png", "é.png")]
+    lines = format_table(rows).splitlines()
+    assert display_width("猫") == 2 and display_width("e\u0301") == 1
+    assert len({display_width(line.split("  cat")[0]) for line in lines}) == 1  # the class column starts alike
+    long = format_table([{"image": "写" * 40, "top": []}])
+    assert long.startswith("...") and display_width(long.rstrip()) <= 60

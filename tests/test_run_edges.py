@@ -117,3 +117,11 @@ def test_a_failed_write_offers_resume_only_when_there_is_a_checkpoint(tmp_path, 
     (tmp_path / "fresh" / "checkpoint.pt").write_bytes(b"x")
     with pytest.raises(GapvisionError, match=r"training continues from its last saved epoch with --resume"):
         writer.json("config.json", {})
+
+
+def test_an_unknown_model_in_a_runs_config_names_the_file(trained_run, tmp_path, capsys):
+    run = _copy(trained_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "model": {**config["model"], "model": "nonsense"}}))
+    rc, _, err = _cli(["predict", run, _image(trained_run)], capsys)
+    _one_line_error(rc, err, str(run / "config.json"), "nonsense")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 from .data.transforms import Preprocess, preset_stats
@@ -64,14 +65,26 @@ def open_predictor(run_dir: str | None, *, model: str | None = None, weights: st
     return load_run(run_dir)
 
 
+def display_width(text: str) -> int:
+    """Terminal columns of ``text``: East Asian wide and full-width characters take two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _fit(name: str, width: int) -> str:
+    """``name`` padded to ``width`` columns, or cut at the front to ``...`` + its end."""
+    if display_width(name) > width:
+        while display_width(name) > width - 3:
+            name = name[1:]
+        name = "..." + name
+    return name + " " * (width - display_width(name))
+
+
 def format_table(results: list[dict]) -> str:
-    """A plain table: one line per image with its top classes and probabilities."""
+    """A plain table: one line per image with its top classes and probabilities (names aligned in columns, wide
+    characters counted as two)."""
+    width = min(max((display_width(str(r["image"])) for r in results), default=5), 60)
     lines = []
-    width = max((len(str(r["image"])) for r in results), default=5)
-    width = min(width, 60)
     for r in results:
-        name = str(r["image"])
-        name = name if len(name) <= width else "..." + name[-(width - 3):]
         tops = "  ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
-        lines.append(f"{name:<{width}}  {tops}")
+        lines.append(f"{_fit(str(r['image']), width)}  {tops}")
     return "\n".join(lines)

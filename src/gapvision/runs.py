@@ -26,7 +26,7 @@ from . import atomic
 from .data.images import to_pil  # noqa: F401 - re-exported: callers open images through runs.to_pil too
 from .data.transforms import Preprocess
 from .devices import choose_device
-from .errors import GapvisionError
+from .errors import ConfigError, GapvisionError
 from .models.classifier import Classifier, ModelConfig, create_model
 from .predictor import Predictor, image_name, inference_options  # noqa: F401 - image_name re-exported
 from .runformat import FORMAT_VERSION, HISTORY_COLUMNS, WEIGHTS, read_config  # noqa: F401 - FORMAT_VERSION re-exported
@@ -184,7 +184,12 @@ class Run:
     def model(self) -> Classifier:
         """The trained Classifier in eval mode (built and loaded on first use; it lives where the predictor put it)."""
         if self._model is None:
-            net = create_model(**{k: v for k, v in self.model_config.to_dict().items()})
+            try:
+                net = create_model(**{k: v for k, v in self.model_config.to_dict().items()})
+            except ConfigError as e:  # e.g. an unknown model name: the settings came from the run's config.json
+                if self.path is None:
+                    raise
+                raise ConfigError(f"{self.path / 'config.json'}: {e}") from None
             weights = self.path / WEIGHTS if self.path else None
             if weights is None or not weights.exists():
                 why = ("it was removed after training: restore it, or train again"
