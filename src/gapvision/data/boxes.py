@@ -161,7 +161,8 @@ def load_coco(path: str | os.PathLike, image_root: str | os.PathLike | None = No
         file = next((r / images[image_id] for r in roots if (r / images[image_id]).is_file()), None)
         if file is None:
             raise DataError(f"{path}: image {images[image_id]} not found under {' or '.join(map(str, roots))}: add "
-                            "it or pass --image-root")
+                            "it there, or keep the images beside the JSON or in its images/ folder (train and the "
+                            "Python API also take --image-root / image_root=)")
         x, y, w, h = bbox
         objects[str(file)].append((cats[cat], (x, y, x + w, y + h)))
     if classes is None:

@@ -178,6 +178,12 @@ class Localizer:
             raise ConfigError(f"--scale must be positive (got {scale})")
         if max_side is not None and max_side < 8:
             raise ConfigError(f"--max-side must be at least 8 pixels (got {max_side})")
+        if not 0 < nms_iou <= 1:
+            raise ConfigError(f"--nms-iou must be above 0 and at most 1 (got {nms_iou:g}; 1 keeps overlapping boxes)")
+        if min_score is not None and not 0 <= min_score <= 1:
+            raise ConfigError(f"--min-score is a probability: between 0 and 1 (got {min_score:g})")
+        if min_area is not None and min_area < 1:
+            raise ConfigError(f"--min-area must be at least 1 pixel (got {min_area})")
         self.run, self.method, self.topk, self.multilabel = run, method, int(topk), bool(multilabel)
         self.smooth = int(smooth)
         if rule is not None and rule not in RULES:
@@ -223,8 +229,9 @@ class Localizer:
         t = to_uint8(to_pil(image), self.pre, resize=False)
         h, w = int(t.shape[-2]), int(t.shape[-1])
         s = float(self.scale or 1.0)
-        if self.max_side:
-            s = min(s, self.max_side / max(h, w))
+        if self.max_side:  # shrink, but never the short side below a quarter of the training size (a thin image)
+            floor = min(1.0, max(32, self.pre.img_size // 4) / min(h, w))
+            s = min(s, max(self.max_side / max(h, w), floor))
         if s != 1.0:
             t = TF.resize(t, [max(1, round(h * s)), max(1, round(w * s))], antialias=True)
         return t, (w, h)
@@ -266,7 +273,7 @@ class Localizer:
         except RuntimeError as e:
             if "size" in str(e).lower() or "kernel" in str(e).lower():
                 raise ConfigError(f"image {items[0][2]} ({x.shape[-1]}x{x.shape[-2]} after scaling) is too small for "
-                                  f"this model: use a larger image or --scale") from None
+                                  f"this model: use a larger image (gapvision localize: or --scale 2)") from None
             raise
         h_in, w_in = x.shape[-2:]
         results = []
@@ -418,7 +425,7 @@ class Localizer:
     def _fallback_boxes(self, k: int, score: float, heat: np.ndarray) -> list[tuple[int, float, tuple]]:
         """The box(es) of class ``k``'s [0, 1] map at the threshold by the rule, ignoring the minimum area: a class
         the classifier is confident about always gets a box."""
-        heat = unit_range(heat)
+        heat = unit_range(heat) if float(np.ptp(heat)) > 0 else np.ones_like(heat)  # flat: the whole image
         level = min(self.threshold.level(heat), float(heat.max()))
         return [(k, score * s, b) for s, b in heat_boxes(heat, level, self.rule)]
 

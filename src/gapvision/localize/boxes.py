@@ -29,7 +29,7 @@ class Threshold:
         if isinstance(spec, Threshold):
             return spec
         if isinstance(spec, (int, float)):
-            return cls("abs", float(spec))
+            return cls._checked("abs", float(spec))
         text = str(spec).strip().lower()
         try:
             if text == "otsu":
@@ -48,6 +48,9 @@ class Threshold:
     def _checked(cls, mode: str, value: float) -> "Threshold":
         if not 0.0 <= value <= 1.0 and mode == "rel":
             raise ConfigError(f"--threshold: a fraction of the max must be between 0% and 100% (got {value:.0%})")
+        if not 0.0 <= value <= 1.0:  # the maps are probabilities or scaled to [0, 1]: beyond, every map cuts alike
+            raise ConfigError(f"--threshold {value:g}: a map value must be between 0 and 1 (or a fraction of the "
+                              "max such as 50%, or otsu)")
         return cls(mode, value)
 
     def level(self, heat: np.ndarray) -> float:

@@ -110,10 +110,12 @@ def _grid_axis(pixels: int, cells: int, stride: float, offset: float, device: to
 
 
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max scale every map of N x k x h x w to [0, 1] (a flat map becomes 0)."""
+    """Min-max scale every map of N x k x h x w to [0, 1]. A flat map (e.g. one cell: an image no larger than the
+    network's stride) says nothing about where the object is, so it becomes 1 everywhere: the whole image."""
     lo = maps.amin(dim=(-2, -1), keepdim=True)
     hi = maps.amax(dim=(-2, -1), keepdim=True)
-    return (maps - lo) / (hi - lo).clamp_min(1e-12)
+    flat = (hi - lo) <= 1e-12
+    return torch.where(flat, torch.ones_like(maps), (maps - lo) / (hi - lo).clamp_min(1e-12))
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:

@@ -67,7 +67,7 @@ def register(sub: Any) -> None:
                    "largest region, or one around all regions")
     p.add_argument("--refine", choices=["none", "grabcut"], help="box refinement: grabcut fits each map box to the "
                    "object's edges in the image (OpenCV's GrabCut seeded by the map; default: the run's calibration, "
-                   "else none)")
+                   "else grabcut)")
     p.add_argument("--no-calibration", action="store_true", help="ignore RUN_DIR/localize.json")
     p.add_argument("--no-render", action="store_true", help="write only the JSON files, no pictures")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")

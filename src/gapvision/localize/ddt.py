@@ -115,6 +115,9 @@ def training_images(run: Run, limit: int = FIT_IMAGES) -> tuple[list, list[int]]
 
     cfg = run.config.get("data") if isinstance(run.config.get("data"), dict) else {}
     data = cfg.get("data")
+    if run.path is None and not data:
+        raise GapvisionError("--method ddt fits on a run's training images, and a pretrained --model has none here: "
+                             "localise with --method cam, gradcam or fcn, or train a run on your images")
     if not data or data == "<arrays>":
         raise GapvisionError("--method ddt fits on the run's training images, and this run does not say where they "
                              "are (trained on in-memory arrays): localise with --method cam or fcn")

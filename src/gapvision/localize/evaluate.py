@@ -114,16 +114,24 @@ def annotated_images(run: Run, data: str, split: str = "all", skip_bad: bool = T
 
     if split not in SPLITS:
         raise ConfigError(f"unknown --split {split!r}: choose {', '.join(SPLITS)}")
-    imgs = (load_images(data, skip_bad=skip_bad) if split == "all"
-            else load_split(data, split, skip_bad=skip_bad, **run.split_options()))
+    if split == "all":
+        imgs = load_images(data, skip_bad=skip_bad)
+    else:
+        try:
+            imgs = load_split(data, split, skip_bad=skip_bad, **run.split_options())
+        except DataError as e:  # e.g. a folder of one class: it cannot be split as training would
+            raise DataError(f"{e} (--split {split} splits {data} as training would; --split all uses every "
+                            "image)") from None
     if imgs.boxes is None:
         raise DataError(f"{data} has no ground-truth boxes: evaluate localisation on builtin:shapes-scenes, a Pascal "
                         "VOC folder (annotations/*.xml) or a COCO .json file")
     names = {imgs.classes[c] for objs in imgs.boxes for c, _ in objs} | {imgs.classes[c] for c in imgs.labels}
     missing = sorted(names - set(run.classes))
     if missing:
-        raise DataError(f"the model's classes ({', '.join(run.classes)}) lack {', '.join(missing)} found in {data}: "
-                        "evaluate a model trained on these classes")
+        shown = ", ".join(run.classes[:8]) + (f", ... ({len(run.classes)} in all)" if len(run.classes) > 8 else "")
+        raise DataError(f"the model's classes ({shown}) lack {', '.join(missing[:8])}"
+                        f"{f' and {len(missing) - 8} more' if len(missing) > 8 else ''} found in {data}: use a model "
+                        "trained on these classes")
     from ..data.sources import _map_to_classes
 
     imgs = _map_to_classes(imgs, run.classes, str(data))

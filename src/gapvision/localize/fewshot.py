@@ -345,8 +345,12 @@ def save_objectness(run: Run, obj: Objectness) -> Path:
 def load_objectness(run: Run) -> Objectness:
     """The run's fitted objectness; a one-line error saying how to fit it when there is none."""
     path = Path(run.path) / FEWSHOT_FILE if getattr(run, "path", None) else None
-    if path is None or not path.is_file():
-        where = run.path if getattr(run, "path", None) else "RUN_DIR"
+    if path is None:
+        raise GapvisionError("--method fewshot is learned into a run directory, and a pretrained --model has none: "
+                             "train a run on your images (`gapvision train`), then `gapvision localize RUN_DIR "
+                             "--calibrate DATA --method fewshot`")
+    if not path.is_file():
+        where = run.path
         raise GapvisionError(f"--method fewshot learns from annotated images first: run `gapvision localize {where} "
                              "--calibrate DATA --method fewshot` (DATA: a VOC folder or COCO file with boxes)")
     from safetensors import safe_open
