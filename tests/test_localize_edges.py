@@ -3,6 +3,8 @@ map), out-of-range options, the errors of a pretrained --model, a one-class VOC 
 thin images through ``max_side``, and the class-mismatch error of a 1,000-class model."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,24 @@ def test_max_side_keeps_a_thin_image_usable(trained_run):
     assert size == (2000, 20) and t.shape[-2] >= 20  # the short side is not shrunk below usefulness
     t, _ = loc.prepare(np.zeros((300, 400, 3), np.uint8))
     assert max(t.shape[-2:]) == 64  # an ordinary photo still shrinks to max_side
+
+
+def test_calibrate_then_localise_images_in_one_command_and_evaluate_takes_no_images(trained_run, voc_folder,
+                                                                                     tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    image = next((voc_folder / "images" / "cat").glob("*.png"))
+    rc, _, err = _cli(["localize", run, image, "--evaluate", voc_folder], capsys)
+    _one_line_error(rc, err, f"--evaluate {voc_folder} scores that data's annotated images", "a command of their own")
+    rc, out, err = _cli(["localize", run, image, "--calibrate", voc_folder, "--split", "all", "--method", "cam",
+                         "--json", "--out", tmp_path / "o"], capsys)
+    assert rc == 0, err
+    assert "calibrated on" in out and (run / "localize.json").is_file()
+    record = json.loads(out.strip().splitlines()[-1])  # the image, localised with the new calibration
+    assert record["image"] == str(image) and record["detections"]
+    from gapvision.localize.evaluate import evaluate_localization
+
+    m = evaluate_localization(gv.load_run(run), str(voc_folder), method="cam")
+    assert set(m["ap50_per_class"]) <= {"cat", "dog"} and m["ap50_per_class"]

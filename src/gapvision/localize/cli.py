@@ -102,6 +102,10 @@ def cmd_localize(a: argparse.Namespace) -> None:
     }
     if a.scales:
         options["scales"] = parse_scales(a.scales)
+    if a.evaluate and images:
+        raise GapvisionError(f"--evaluate {a.evaluate} scores that data's annotated images; the images given as well "
+                             f"({images[0]}{' ...' if len(images) > 1 else ''}) would be left out: localise them in "
+                             "a command of their own")
     if a.calibrate:
         options.pop("calibration")
         e = calibrate(run, a.calibrate, split=a.split or "train", images=a.images, fewshot_epochs=a.fewshot_epochs,
@@ -112,8 +116,8 @@ def cmd_localize(a: argparse.Namespace) -> None:
         if a.method != "fewshot":
             print("tip: on photos of one kind of object, --method fewshot learns an objectness map from these same "
                   "boxes and boxes the objects best (README: localisation quality on real photos)")
-        if not a.evaluate:
-            return
+        if not a.evaluate and not images:
+            return  # else: the images given are localised next, with this calibration
     if a.evaluate:
         m = evaluate_localization(run, a.evaluate, a.out, split=a.split or "all", scale=a.scale,
                                   calibration_images=a.calibration_images, **options)

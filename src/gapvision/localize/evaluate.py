@@ -219,6 +219,7 @@ def evaluate_localization(run_or_model: Any, data: str = "builtin:shapes-scenes"
     truths = truth_boxes(imgs)
     metrics.update(score_detections([r.detections for r in results], [[c["class_index"] for c in r.classes]
                                                                       for r in results], truths, iou))
+    metrics["ap50_per_class"] = {run.classes[c]: v for c, v in metrics["ap50_per_class"].items()}  # by name
     metrics.update({"data": str(data), "split": split, "scale": round(float(scale or 1.0), 4), "method": loc.method,
                     "threshold": str(loc.threshold), "min_score": loc.min_score, "classes": list(run.classes),
                     "scales": list(scales or loc.scales or DEFAULT_SCALES), "calibrated": loc.calibration is not None,
