@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+import gapvision as gv
 from gapvision import atomic
-from gapvision.errors import GapvisionError
+from gapvision.errors import ConfigError, GapvisionError
 from gapvision.runs import RunWriter
 
 from test_bad_inputs import TRAIN, _cli, _folder, _one_line_error, trained_run  # noqa: F401 (a fixture, shared)
@@ -47,7 +48,7 @@ def test_a_folder_holding_a_finished_run_is_not_overwritten(trained_run, tmp_pat
     (run / "checkpoint.pt").unlink()  # removed to save space: the run is still there
     weights = (run / "model.safetensors").read_bytes()
     rc, _, err = _cli([*TRAIN, "--quiet", "--data", "builtin:shapes?n=16&size=16", "--out", run], capsys)
-    _one_line_error(rc, err, f"{run} already holds a run (config.json, model.safetensors", "pick another --out")
+    _one_line_error(rc, err, f"{run} already holds a run (model.safetensors, metrics.json)", "pick another --out")
     assert (run / "model.safetensors").read_bytes() == weights
 
 
@@ -125,3 +126,26 @@ def test_an_unknown_model_in_a_runs_config_names_the_file(trained_run, tmp_path,
     (run / "config.json").write_text(json.dumps({**config, "model": {**config["model"], "model": "nonsense"}}))
     rc, _, err = _cli(["predict", run, _image(trained_run)], capsys)
     _one_line_error(rc, err, str(run / "config.json"), "nonsense")
+
+
+def test_compare_reports_heads_that_diverged_and_continues_after_an_early_interrupt(tmp_path, capsys):
+    data = "builtin:shapes?n=48&size=16"
+    argv = ["compare", "--data", data, "--model", "gapcnn", "--heads", "fc,gap", "--epochs", "1", "--img-size", "16",
+            "--batch-size", "16", "--workers", "0", "--quiet"]
+    rc, out, err = _cli([*argv, "--lr", "1e9", "--optimizer", "sgd", "--out", tmp_path / "div"], capsys)
+    assert rc == 0, err
+    report = (tmp_path / "div" / "report.md").read_text()
+    assert "**Cannot answer yet**: fc, gap produced no figures" in report and "nan points" not in report
+    # a run interrupted in its first epoch leaves only config.json: the same command trains it again
+    (tmp_path / "c" / "gap-s0").mkdir(parents=True)
+    shutil.copy(tmp_path / "div" / "gap-s0" / "config.json", tmp_path / "c" / "gap-s0" / "config.json")
+    rc, out, err = _cli([*argv, "--out", tmp_path / "c"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "c" / "gap-s0" / "metrics.json").is_file()
+    rc, _, err = _cli([*argv, "--epochs", "2", "--out", tmp_path / "c"], capsys)
+    _one_line_error(rc, err, "holds a comparison with other settings (epochs 1 -> 2)")
+    res = gv.compare(data, "gapcnn", "fc,gap", 0, out=tmp_path / "c", epochs=1, img_size=16, batch_size=16, workers=0,
+                     quiet=True)
+    assert res.row("gap")["head"] == "gap"
+    with pytest.raises(ConfigError, match="head 'gmp' was not compared: the heads are fc, gap"):
+        res.row("gmp")

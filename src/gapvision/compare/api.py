@@ -55,7 +55,11 @@ class CompareResult:
     report: str
 
     def row(self, head: str) -> dict:
-        return next(r for r in self.rows if r["head"] == head)
+        """The summary row of ``head``; a ConfigError naming the compared heads when it was not compared."""
+        found = next((r for r in self.rows if r["head"] == head), None)
+        if found is None:
+            raise ConfigError(f"head {head!r} was not compared: the heads are {', '.join(r['head'] for r in self.rows)}")
+        return found
 
     def _repr_html_(self) -> str:  # notebooks: the head table and the overlaid curves (display.py)
         from ..display import compare_html
@@ -187,12 +191,22 @@ def check_settings(path: Path, settings: dict) -> dict:
         return {}  # a damaged summary file: the runs themselves say what is finished
     new = json.loads(json.dumps(settings, default=str))
     before = old.get("settings", {})
-    changed = [k for k in sorted(set(new) | set(before)) if new.get(k) != before.get(k)]
+    flat_new, flat_old = _flat(new), _flat(before)
+    changed = [k for k in sorted(set(flat_new) | set(flat_old)) if flat_new.get(k) != flat_old.get(k)]
     if changed:
-        k = changed[0]
-        raise ConfigError(f"{path} holds a comparison with other settings ({k}: {before.get(k)} now {new.get(k)}): "
-                          f"use the same options to continue it, or another --out")
+        what = "; ".join(f"{k} {_shown(flat_old.get(k))} -> {_shown(flat_new.get(k))}" for k in changed)
+        raise ConfigError(f"{path} holds a comparison with other settings ({what}): use the same options to continue "
+                          f"it, or another --out")
     return old
+
+
+def _flat(settings: dict) -> dict:
+    """compare.json's settings with the options dict spread out (``epochs`` rather than ``options``)."""
+    return {**{k: v for k, v in settings.items() if k != "options"}, **(settings.get("options") or {})}
+
+
+def _shown(value: Any) -> str:
+    return "not set" if value is None else str(value)
 
 
 def run_state(run_dir: Path) -> str:

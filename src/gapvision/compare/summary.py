@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -22,11 +23,15 @@ COLUMNS = ("head", "head_params", "total_params", "best_val_acc_mean", "best_val
 _PRETTY = {"gap": "GAP", "gmp": "GMP", "fc": "FC", "avgmax": "avg+max", "catavgmax": "cat(avg, max)", "conv": "conv"}
 
 
+FIGURES = ("best_val_acc", "final_val_acc", "best_val_loss", "best_epoch", "final_train_acc", "seconds")
+
+
 def head_row(head: str, runs: Sequence[Run]) -> dict:
     """One summary row from the runs of one head (one per seed). Accuracies are fractions; std is over seeds."""
-    ms = [r.metrics for r in runs]
+    # a run that diverged in its first epoch has no weights and so no figures: NaN, and its status says why
+    ms = [{**{k: math.nan for k in FIGURES}, **{k: v for k, v in r.metrics.items() if v is not None}} for r in runs]
     net = create_model(**runs[0].model_config.to_dict())
-    statuses = sorted({m.get("status", "unknown") for m in ms})
+    statuses = sorted({m.get("status", "diverged before its first epoch ended") for m in ms})
     tests = [m["test_acc"] for m in ms if "test_acc" in m]
     best = [m["best_val_acc"] for m in ms]
     return {
@@ -195,9 +200,16 @@ def compare_two(a: dict, b: dict, n_seeds: int) -> tuple[float, float, str]:
 def verdict(rows: list[dict], features: dict, context: dict) -> str:
     """report.md: the answer, the winner and its margin, GAP vs FC, parameters and overfitting, all from ``rows``."""
     n = context["n_seeds"]
+    lines = ["# Can GAP replace the fully-connected layer?", ""]
+    failed = [r["head"] for r in rows if math.isnan(r["best_val_acc_mean"])]
+    if failed:  # a head without figures (diverged before its first epoch ended) cannot be ranked
+        lines += [f"**Cannot answer yet**: {', '.join(failed)} produced no figures (the status column says why); lower "
+                  "--lr or set --clip-grad, and run the same command again.", ""]
+        rows = [r for r in rows if r["head"] not in failed]
+        if not rows:
+            return "\n".join([*lines, f"Setting: {context['setup']}", ""])
     ranked = sorted(rows, key=lambda r: r["best_val_acc_mean"], reverse=True)
     by = {r["head"]: r for r in rows}
-    lines = ["# Can GAP replace the fully-connected layer?", ""]
     if "gap" in by and "fc" in by:
         gap, fc = by["gap"], by["fc"]
         diff, spread, reading = compare_two(gap, fc, n)

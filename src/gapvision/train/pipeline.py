@@ -146,7 +146,7 @@ def train(data: Any = "builtin:shapes", model: str | None = None, head: str | No
     path = distributed.broadcast(Path(out) if out else default_run_dir(mopts.model, mopts.head))  # rank 0's clock
     if (path / "checkpoint.pt").exists():
         raise GapvisionError(f"{path} already holds a run: continue it with --resume {path}, or pick another --out")
-    held = [n for n in ("config.json", "model.safetensors", "metrics.json") if (path / n).exists()]
+    held = [n for n in ("model.safetensors", "metrics.json") if (path / n).exists()]  # trained weights or figures
     if held:
         raise GapvisionError(f"{path} already holds a run ({', '.join(held)}): pick another --out, or remove that "
                              "folder first")
@@ -477,11 +477,11 @@ def finish(trainer: Trainer, splits: DataSplits, pre: Preprocess, tcfg: TrainCon
         test = predictor.evaluate(test_b or make_batches(splits.test, pre, bs, workers=tcfg.workers, **mem))
         metrics["test"] = M.summarize(test.targets, test.preds, classes, test.loss)
         metrics["test_acc"] = metrics["test"]["acc"]
-    writer.json("metrics.json", metrics)
-    if writer.enabled:
+    if writer.enabled:  # the figures first: metrics.json (its status) marks the run as done
         title = f"{config['model']['model']} + {config['model']['head']} head"
         plot_curves(st.history, writer.path / "curves.png", title)
         plot_confusion(metrics["confusion_matrix"], classes, writer.path / "confusion.png", f"validation ({title})")
+    writer.json("metrics.json", metrics)
     return metrics
 
 
