@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_bad_inputs import TRAIN, _cli, _folder, _one_line_error, trained_run  # noqa: F401 (trained_run: fixture)
 
@@ -112,7 +113,7 @@ def test_serve_host_that_is_not_an_address(trained_run, capsys, no_uvicorn_loop)
 
 
 def test_serve_topk_below_one(trained_run, capsys, no_uvicorn_loop):
-    _serve_error([trained_run, "--topk", "0", "--port", "0"], capsys, "--topk must be at least 1 (got 0)")
+    _serve_error([trained_run, "--topk", "0", "--port", "0"], capsys, "--topk must be a whole number of at least 1 (got 0)")
 
 
 def test_serve_port_zero_announces_the_real_port(trained_run, capsys, no_uvicorn_loop):
@@ -126,6 +127,18 @@ def test_serve_port_zero_announces_the_real_port(trained_run, capsys, no_uvicorn
 @pytest.mark.parametrize("topk", [0, -1])
 def test_predict_topk_below_one(trained_run, data, capsys, topk):
     rc, _, err = _cli(["predict", trained_run, data / "cat" / "000.png", "--topk", topk], capsys)
-    _one_line_error(rc, err, f"--topk must be at least 1 (got {topk})")
+    _one_line_error(rc, err, f"--topk must be a whole number of at least 1 (got {topk})")
     with pytest.raises(ConfigError, match="--topk"):
         gv.load_run(trained_run).predict([data / "cat" / "000.png"], topk=topk)
+
+
+def test_api_values_of_the_wrong_type_are_one_line_errors(trained_run):
+    import gapvision as gv
+    from gapvision.errors import ConfigError, GapvisionError
+
+    with pytest.raises(ConfigError, match=r"epochs='two': give a number \(--epochs\)"):
+        gv.train("builtin:shapes?n=16&size=16", epochs="two")
+    with pytest.raises(ConfigError, match="--topk must be a whole number of at least 1 \\(got 'a'\\)"):
+        gv.load_run(trained_run).predict([np.zeros((16, 16, 3), np.uint8)], topk="a")
+    with pytest.raises(GapvisionError, match="load_run takes the path of a run directory \\(got int 5\\)"):
+        gv.load_run(5)

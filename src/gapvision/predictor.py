@@ -209,8 +209,8 @@ class Predictor:
 
 def check_topk(topk: int) -> None:
     """``--topk`` is a count of classes: at least 1 (more than there are classes gives them all)."""
-    if not topk >= 1:
-        raise ConfigError(f"--topk must be at least 1 (got {topk})")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ConfigError(f"--topk must be a whole number of at least 1 (got {topk!r})")
 
 
 def place(net: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:

@@ -15,6 +15,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import pickle
 import time
 from pathlib import Path
@@ -255,6 +256,8 @@ class Run:
 
 def load_run(path: str | Path) -> Run:
     """Read a run directory written by ``gapvision train``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise GapvisionError(f"load_run takes the path of a run directory (got {type(path).__name__} {path!r})")
     path = Path(path)
     return Run(path, read_config(path))
 

@@ -276,7 +276,7 @@ def choose_path(features: str, net: Classifier, splits: DataSplits, pre: Preproc
                 store: FeatureStore, cache_limit: int | None) -> tuple[FeedFn | None, dict]:
     """Cached feature maps (the store's feed) or the streaming path, and why."""
     if features == "stream":
-        return None, {"path": "streaming", "reason": "features='stream' was asked for"}
+        return None, {"path": "streaming", "reason": "--features stream was asked for"}
     blocker = cache_blocker(net)
     if blocker is None:
         n_train = len(splits.train) * (tcfg.epochs if dopts.augment != "none" else 1)

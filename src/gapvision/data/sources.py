@@ -529,7 +529,9 @@ def _parse_options(rest: str, defaults: dict, spec: str) -> tuple[str, dict]:
         try:
             out[key] = kind(value)
         except ValueError:
-            raise DataError(f"option {key}={value!r} in {spec!r} must be a {kind.__name__}") from None
+            what = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(kind.__name__,
+                                                                                         kind.__name__)
+            raise DataError(f"option {key}={value!r} in {spec!r} must be {what}") from None
     return name, out
 
 

@@ -46,6 +46,11 @@ class TrainConfig:
     cache_features: str = "auto"  # auto | off: head-only epochs on feature maps computed once (compare/features.py)
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # the Python API takes any value: a number option given as text is one line
+            value = getattr(self, f.name)
+            if f.type in ("int", "float", "float | None", "int | None") and value is not None and \
+                    (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{f.name}={value!r}: give a number (--{f.name.replace('_', '-')})")
         self.lr, low = parse_lr(self.lr)
         if low is not None:
             self.backbone_lr = low
