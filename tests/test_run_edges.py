@@ -149,3 +149,19 @@ def test_compare_reports_heads_that_diverged_and_continues_after_an_early_interr
     assert res.row("gap")["head"] == "gap"
     with pytest.raises(ConfigError, match="head 'gmp' was not compared: the heads are fc, gap"):
         res.row("gmp")
+
+
+def test_a_compare_run_with_max_images_is_evaluated_and_reported_on_its_own_sample(tmp_path, capsys):
+    from gapvision.report import load_validation
+
+    data = "builtin:shapes?n=80&size=16"
+    rc, _, err = _cli(["compare", "--data", data, "--model", "gapcnn", "--heads", "gap", "--epochs", "1",
+                       "--img-size", "16", "--batch-size", "16", "--workers", "0", "--max-images", "24", "--quiet",
+                       "--out", tmp_path / "c"], capsys)
+    assert rc == 0, err
+    run = gv.load_run(tmp_path / "c" / "gap-s0")
+    assert run.config["max_images"] == 24
+    own = run.metrics["val"]
+    again = gv.evaluate(run, data, split="val", out=tmp_path / "e")
+    assert again["images"] == own["images"] < 20 and again["confusion_matrix"] == own["confusion_matrix"]
+    assert len(load_validation(run)) == own["images"]

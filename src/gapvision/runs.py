@@ -176,10 +176,13 @@ class Run:
         return plot_top_losses(self, k, data)
 
     def split_options(self) -> dict[str, Any]:
-        """How this run split its data (``val_split``, ``seed`` from config.json): with
+        """How this run split its data (``val_split``, ``seed`` and any ``max_images`` from config.json): with
         :func:`gapvision.data.sources.load_split` they give back its own train and validation images."""
         data = self.config.get("data") if isinstance(self.config.get("data"), dict) else {}
-        return {"val_split": float(data.get("val_split", 0.2)), "seed": int(self.config.get("seed", 0))}
+        options = {"val_split": float(data.get("val_split", 0.2)), "seed": int(self.config.get("seed", 0))}
+        if self.config.get("max_images"):  # compare --max-images: the capped sample it trained and validated on
+            options["max_images"] = int(self.config["max_images"])
+        return options
 
     @property
     def model(self) -> Classifier:

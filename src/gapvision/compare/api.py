@@ -134,7 +134,7 @@ def compare(
         for head, state in todo.items():
             say(f"[{head}, seed {seed}] {'resuming' if state == 'resume' else 'training'} ({info['path']})")
             _run_one(path / run_name(head, seed), state, head, seed, data, model, options, splits, pre,
-                     backbone_state, feed, say)
+                     backbone_state, feed, say, record={"max_images": max_images} if max_images else None)
         store.drop_views()
     info = info or previous.get("features", {"path": "none (every run had finished before)"})
     if not ctx.is_main:  # DDP: the other ranks only helped train
@@ -238,7 +238,7 @@ def load_seed_data(dopts: DataOptions, seed: int, max_images: int | None,
     """The splits and preprocessing ``train(..., seed=seed)`` would use, capped at ``max_images`` training images."""
     if max_images is None:
         return prepare_data(dopts, seed)
-    from ..data.sources import load_data
+    from ..data.sources import limit_images, load_data
 
     splits = load_data(dopts.data, seed=seed, **dopts.load_kwargs())
     n_train = len(splits.train)
@@ -247,21 +247,6 @@ def load_seed_data(dopts: DataOptions, seed: int, max_images: int | None,
         say(f"note: using {len(splits.train)} of {n_train} training images (--max-images {max_images}), "
             f"{len(splits.val)} validation" + (f", {len(splits.test)} test" if splits.test is not None else ""))
     return prepare_data(dopts, seed, splits=splits)
-
-
-def limit_images(splits: DataSplits, max_images: int, seed: int) -> DataSplits:
-    """A stratified sample: at most ``max_images`` training images, and a quarter as many for val and test."""
-    from ..data.sources import stratified_split
-
-    def cap(images, n):
-        if images is None or len(images) <= n:
-            return images
-        _, pick = stratified_split(images.labels, splits.classes, n / len(images), seed, what="--max-images sample")
-        return images.subset(pick)
-
-    small = max(max_images // 4, 2 * len(splits.classes))
-    return DataSplits(cap(splits.train, max_images), cap(splits.val, small), cap(splits.test, small),
-                      list(splits.classes), splits.source, list(splits.notes))
 
 
 def initial_model(mopts: ModelOptions, splits: DataSplits, pre: Preprocess, seed: int, verbose: bool) -> Classifier:
@@ -303,8 +288,9 @@ def memory_bytes() -> int:
 
 def _run_one(run_dir: Path, state: str, head: str, seed: int, data: Any, model: str, options: dict,
              splits: DataSplits, pre: Preprocess, backbone_state: dict[str, torch.Tensor], feed: FeedFn | None,
-             say: Callable[[str], None]) -> None:
-    """Train, resume or retrain one (head, seed) run; a diverged run is recorded and the comparison goes on."""
+             say: Callable[[str], None], record: dict | None = None) -> None:
+    """Train, resume or retrain one (head, seed) run; a diverged run is recorded and the comparison goes on.
+    ``record``: entries for its config.json (``max_images``: the sample it trained on, for evaluate and report)."""
     try:
         if state == "resume":
             resume(run_dir, splits=splits, feed=feed, quiet=options.get("quiet"))
@@ -316,7 +302,7 @@ def _run_one(run_dir: Path, state: str, head: str, seed: int, data: Any, model: 
             distributed.barrier()
         # fp32 unless asked: the cached feature maps are fp32, and the cached and streaming paths must agree
         train(data, model, head, out=run_dir, splits=splits, preprocess=pre, backbone_state=backbone_state, feed=feed,
-              **{"amp": "off", **options, "seed": seed})
+              record=record, **{"amp": "off", **options, "seed": seed})
     except TrainingDiverged as e:
         say(f"note: {head} (seed {seed}) diverged; it is reported as such: {e}")
     except Interrupted:

@@ -117,13 +117,16 @@ def load_with_options(data: str | os.PathLike | tuple, opts: LoadOptions) -> Dat
 
 
 def load_split(data: str | os.PathLike, split: str, *, classes: Sequence[str] | None = None,
-               **options: Any) -> ImageSet:
+               max_images: int | None = None, **options: Any) -> ImageSet:
     """The ``split`` (train, val or test) of ``data`` as :func:`load_data` makes it with ``options`` -- with a run's
     recorded ``val_split`` and ``seed`` (``Run.split_options``), the very images that run trained or validated on --
     its labels mapped onto ``classes`` when given; a one-line error when ``data`` has no such split."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"unknown --split {split!r}: choose train, val or test")
-    imgs = getattr(load_data(data, **options), split)
+    splits = load_data(data, **options)
+    if max_images:  # a run trained on a capped sample (compare --max-images): the same sample
+        splits = limit_images(splits, int(max_images), int(options.get("seed", 0)))
+    imgs = getattr(splits, split)
     if imgs is None:
         raise DataError(f"{data} has no {split} split (a folder without a test/ sub-folder has none): pass --split "
                         "train or --split val, or leave --split out (its test or val split, else every image)")
@@ -231,6 +234,19 @@ def stratified_split(
         keep.append(perm[n_held:])
     cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.arange(0)  # noqa: E731
     return cat(keep), cat(held)
+
+
+def limit_images(splits: DataSplits, max_images: int, seed: int) -> DataSplits:
+    """A stratified sample: at most ``max_images`` training images, and a quarter as many for val and test."""
+    def cap(images, n):
+        if images is None or len(images) <= n:
+            return images
+        _, pick = stratified_split(images.labels, splits.classes, n / len(images), seed, what="--max-images sample")
+        return images.subset(pick)
+
+    small = max(max_images // 4, 2 * len(splits.classes))
+    return DataSplits(cap(splits.train, max_images), cap(splits.val, small), cap(splits.test, small),
+                      list(splits.classes), splits.source, list(splits.notes))
 
 
 def resolve_preprocess(

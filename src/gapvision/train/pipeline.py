@@ -121,7 +121,8 @@ def run_config(data: DataOptions, model: ModelOptions, mcfg: ModelConfig, pre: P
 def train(data: Any = "builtin:shapes", model: str | None = None, head: str | None = None, *,
           out: str | Path | None = None,
           splits: DataSplits | None = None, preprocess: Preprocess | None = None,
-          backbone_state: dict[str, torch.Tensor] | None = None, feed: FeedFn | None = None, **options: Any) -> Run:
+          backbone_state: dict[str, torch.Tensor] | None = None, feed: FeedFn | None = None,
+          record: dict[str, Any] | None = None, **options: Any) -> Run:
     """Train ``model`` with ``head`` on ``data`` and return the finished :class:`Run`.
 
     ``options`` are any field of DataOptions (val_split, channels, img_size, normalize, augment, skip_bad...),
@@ -155,6 +156,7 @@ def train(data: Any = "builtin:shapes", model: str | None = None, head: str | No
                         world_size=ctx.world_size)
     config["data_notes"] = list(splits.notes)  # skipped/duplicate images etc., kept with the run (also when --quiet)
     config["recipe"] = recipe  # which of the resolved options came from the recipe (and the LR finder's sweep)
+    config.update(record or {})  # e.g. compare's max_images: how ``splits`` was sampled, for evaluate and report
     writer.json("config.json", config)
     return _fit_and_finish(net, splits, pre, dopts, tcfg, writer, config, feed=feed)
 
