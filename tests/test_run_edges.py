@@ -165,3 +165,13 @@ def test_a_compare_run_with_max_images_is_evaluated_and_reported_on_its_own_samp
     again = gv.evaluate(run, data, split="val", out=tmp_path / "e")
     assert again["images"] == own["images"] < 20 and again["confusion_matrix"] == own["confusion_matrix"]
     assert len(load_validation(run)) == own["images"]
+
+
+def test_compare_says_a_data_note_once_per_seed_not_once_per_head(tmp_path, capsys):
+    data = _folder(tmp_path / "d", {"cat": 6, "dog": 6})
+    (data / "dog" / "broken.png").write_text("not an image")
+    rc, _, err = _cli(["compare", "--data", data, "--model", "gapcnn", "--heads", "fc,gap,gmp", "--epochs", "1",
+                       "--img-size", "16", "--batch-size", "8", "--workers", "0", "--skip-bad", "--quiet",
+                       "--out", tmp_path / "c"], capsys)
+    assert rc == 0, err
+    assert err.count("skipped 1 unreadable image") == 1 and "broken.png" in err

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -237,7 +238,9 @@ def load_seed_data(dopts: DataOptions, seed: int, max_images: int | None,
                    say: Callable[[str], None] = print) -> tuple[DataSplits, Preprocess]:
     """The splits and preprocessing ``train(..., seed=seed)`` would use, capped at ``max_images`` training images."""
     if max_images is None:
-        return prepare_data(dopts, seed)
+        splits, pre = prepare_data(dopts, seed)
+        _say_notes(splits)
+        return splits, pre
     from ..data.sources import limit_images, load_data
 
     splits = load_data(dopts.data, seed=seed, **dopts.load_kwargs())
@@ -246,7 +249,16 @@ def load_seed_data(dopts: DataOptions, seed: int, max_images: int | None,
     if len(splits.train) < n_train:
         say(f"note: using {len(splits.train)} of {n_train} training images (--max-images {max_images}), "
             f"{len(splits.val)} validation" + (f", {len(splits.test)} test" if splits.test is not None else ""))
-    return prepare_data(dopts, seed, splits=splits)
+    splits, pre = prepare_data(dopts, seed, splits=splits)
+    _say_notes(splits)
+    return splits, pre
+
+
+def _say_notes(splits: DataSplits) -> None:
+    """The data's notes (skipped files...), once per seed on stderr, not once per head (train leaves them to us)."""
+    if distributed.current().is_main:
+        for note in splits.notes:
+            print(f"note: {note}", file=sys.stderr)
 
 
 def initial_model(mopts: ModelOptions, splits: DataSplits, pre: Preprocess, seed: int, verbose: bool) -> Classifier:

@@ -182,6 +182,7 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
     size, the weights' normalisation, timm's pretrained config), the recipe, then the network (pretrained weights,
     ``backbone_state`` if given, the folded-BatchNorm check). ``user``: the user's options, None for unset."""
     filled, max_size, traits = input_defaults(user)
+    loaded_here = splits is None  # a caller that passes its splits (compare) says their notes once itself
     splits, pre = prepare_data(split_options({"data": data, **filled})[0], seed, preprocess, splits, max_size)
     if preprocess is None:  # timm backbones: their pretrained config's size/mean/std where the user set none
         pre = pretrained_preprocess(pre, user.get("model"), user)
@@ -191,7 +192,7 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
                                    base={"batch_size": TrainConfig.batch_size, "epochs": TrainConfig.epochs})
     dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
     say = (lambda s: None) if tcfg.quiet else print
-    for note in splits.notes:  # what was skipped or left out of the data: on stderr, also when quiet
+    for note in splits.notes if loaded_here else ():  # what was skipped or left out: on stderr, also when quiet
         print(f"note: {note}", file=sys.stderr)
     net = build_network(mopts, len(splits.classes), pre, verbose=not tcfg.quiet)
     if net.config is not None and net.config.stem != "native" and user.get("stem") is None:
