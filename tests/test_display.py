@@ -73,9 +73,10 @@ def test_splits_html_counts_every_class_and_split():
 def test_compare_html_lists_heads_and_overlays_curves(run):
     rows = [{"head": "gap", "head_params": 516, "best_val_acc_mean": 0.75, "best_val_acc_std": 0.0},
             {"head": "fc", "head_params": 9000, "best_val_acc_mean": 0.5, "best_val_acc_std": 0.0}]
-    res = CompareResult(Path("x"), ["gap", "fc"], [0], rows, {"gap": [run], "fc": [run]}, {}, "")
+    res = CompareResult(Path("x"), ["gap", "fc"], [0, 1], rows, {"gap": [run], "fc": [run]}, {}, "")
     html = res._repr_html_()
     assert 'class="gapvision-compare"' in html and "best head: <b>gap</b>" in html
+    assert "on seeds 0, 1" in html and "[0, 1]" not in html  # words, not a Python list
     assert "<td>9000</td>" in html and "<td>0.7500</td>" in html and images_in(html) == 1
 
 

@@ -129,7 +129,7 @@ def compare_html(result: "CompareResult") -> str:
     named = [(f"{head}-s{run.config.get('seed', '?')}", run) for head, runs in result.runs.items() for run in runs]
     curves = _figure(lambda p: plot_overlaid(named, p), "validation curves") if named else ""
     verdict = f"<p>best head: <b>{esc(result.winner)}</b></p>" if result.rows else ""
-    return _block("compare", f"Compare: {', '.join(result.heads)} on seeds {result.seeds}",
+    return _block("compare", f"Compare: {', '.join(result.heads)} on seeds {', '.join(map(str, result.seeds))}",
                   verdict, table(cols, rows, "gv-heads"), curves)
 
 
