@@ -54,11 +54,10 @@ def cmd_lr_find(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from .train.pipeline import evaluate
+    from .train.pipeline import evaluate, print_notes
 
     res = evaluate(a.run, a.data, split=a.split, out=a.out, **load_opts(a))
-    for note in res.get("notes", []):
-        print(f"note: {note}", file=sys.stderr)
+    print_notes(res.get("notes", []))
     print(f"accuracy {res['acc']:.4f} on {res['images']} images ({a.data}, {res['split']}); macro F1 {res['macro_f1']:.4f}")
     if "out" in res:
         print(f"metrics and confusion matrix in {res['out']}")

@@ -305,10 +305,15 @@ def _read_jsonl(path: Path) -> list[dict]:
     out: list[dict] = []
     if not path.exists():
         return out
+
+    def not_ours(line: int) -> GapvisionError:
+        return GapvisionError(f"{path} already exists and is not this command's JSONL output (line {line} is not a "
+                              "record): choose another --output, or remove that file")
+
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        lines = ["\0"]
+        raise not_ours(1) from None
     for n, line in enumerate(lines, 1):
         try:
             rec = json.loads(line)
@@ -316,9 +321,8 @@ def _read_jsonl(path: Path) -> list[dict]:
             rec = None
         if isinstance(rec, dict) and "image" in rec:
             out.append(rec)
-        elif n < len(lines) or out == [] and line.strip() and not line.lstrip().startswith("{"):
-            raise GapvisionError(f"{path} already exists and is not this command's JSONL output (line {n} is not a "
-                                 "record): choose another --output, or remove that file")
+        elif n < len(lines) or not out and line.strip() and not line.lstrip().startswith("{"):
+            raise not_ours(n)  # only a torn last line (an interrupted record) is forgiven
     return out
 
 

@@ -156,10 +156,11 @@ def load_validation(run: Run) -> ImageSet:
     except Exception as e:  # noqa: BLE001 - missing folders, unreadable manifests...: all mean "data gone"
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise GapvisionError(f"the run's data {source} cannot be loaded here ({first})") from None
-    if run.config.get("max_images"):  # compare --max-images: the capped sample the run validated on
+    own = run.split_options()
+    if "max_images" in own:  # compare --max-images: the capped sample the run validated on
         from .data.sources import limit_images
 
-        splits = limit_images(splits, int(run.config["max_images"]), int(run.config.get("seed", 0)))
+        splits = limit_images(splits, own["max_images"], own["seed"])
     if list(splits.classes) != list(run.classes):
         raise GapvisionError(f"the data at {source} now has classes {splits.classes}, not the run's {run.classes}")
     if not len(splits.val):

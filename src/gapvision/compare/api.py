@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -30,8 +29,8 @@ from ..models.classifier import Classifier
 from ..models.heads import HEADS
 from ..models.timm_backbone import pretrained_preprocess
 from ..runs import Run, default_run_dir, load_checkpoint, load_run
-from ..train.pipeline import (DataOptions, FeedFn, ModelOptions, build_network, initialise, prepare_data, resume,
-                              split_options, train)
+from ..train.pipeline import (DataOptions, FeedFn, ModelOptions, build_network, initialise, prepare_data,
+                              print_notes, resume, split_options, train)
 from ..train.trainer import TrainingDiverged, seed_everything
 from .features import FeatureStore, cache_blocker, map_bytes
 from .summary import write_summary
@@ -59,7 +58,8 @@ class CompareResult:
         """The summary row of ``head``; a ConfigError naming the compared heads when it was not compared."""
         found = next((r for r in self.rows if r["head"] == head), None)
         if found is None:
-            raise ConfigError(f"head {head!r} was not compared: the heads are {', '.join(r['head'] for r in self.rows)}")
+            heads = ", ".join(r["head"] for r in self.rows)
+            raise ConfigError(f"head {head!r} was not compared: the heads are {heads}")
         return found
 
     def _repr_html_(self) -> str:  # notebooks: the head table and the overlaid curves (display.py)
@@ -237,28 +237,19 @@ def run_state(run_dir: Path) -> str:
 def load_seed_data(dopts: DataOptions, seed: int, max_images: int | None,
                    say: Callable[[str], None] = print) -> tuple[DataSplits, Preprocess]:
     """The splits and preprocessing ``train(..., seed=seed)`` would use, capped at ``max_images`` training images."""
-    if max_images is None:
-        splits, pre = prepare_data(dopts, seed)
-        _say_notes(splits)
-        return splits, pre
-    from ..data.sources import limit_images, load_data
+    capped = None
+    if max_images is not None:
+        from ..data.sources import limit_images, load_data
 
-    splits = load_data(dopts.data, seed=seed, **dopts.load_kwargs())
-    n_train = len(splits.train)
-    splits = limit_images(splits, max_images, seed)
-    if len(splits.train) < n_train:
-        say(f"note: using {len(splits.train)} of {n_train} training images (--max-images {max_images}), "
-            f"{len(splits.val)} validation" + (f", {len(splits.test)} test" if splits.test is not None else ""))
-    splits, pre = prepare_data(dopts, seed, splits=splits)
-    _say_notes(splits)
+        whole = load_data(dopts.data, seed=seed, **dopts.load_kwargs())
+        capped = limit_images(whole, max_images, seed)
+        if len(capped.train) < len(whole.train):
+            say(f"note: using {len(capped.train)} of {len(whole.train)} training images (--max-images {max_images}), "
+                f"{len(capped.val)} validation" + (f", {len(capped.test)} test" if capped.test is not None else ""))
+    splits, pre = prepare_data(dopts, seed, splits=capped)
+    if distributed.current().is_main:  # once per seed, not once per head: train leaves given splits' notes to us
+        print_notes(splits.notes)
     return splits, pre
-
-
-def _say_notes(splits: DataSplits) -> None:
-    """The data's notes (skipped files...), once per seed on stderr, not once per head (train leaves them to us)."""
-    if distributed.current().is_main:
-        for note in splits.notes:
-            print(f"note: {note}", file=sys.stderr)
 
 
 def initial_model(mopts: ModelOptions, splits: DataSplits, pre: Preprocess, seed: int, verbose: bool) -> Classifier:

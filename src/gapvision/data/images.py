@@ -126,7 +126,8 @@ def open_lazily(path: str | os.PathLike, *, max_pixels: int | None = None) -> It
     except DataError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageTooLarge(f"image {path} is too large ({e}): {SKIP_BAD_HINT}, or raise GAPVISION_MAX_IMAGE_PIXELS") from e
+        raise ImageTooLarge(f"image {path} is too large ({e}): {SKIP_BAD_HINT}, or raise GAPVISION_MAX_IMAGE_PIXELS") \
+            from e
     except UnidentifiedImageError as e:
         raise DataError(f"{path} is not an image Pillow can read: {SKIP_BAD_HINT}") from e
     except Exception as e:  # truncated or corrupt data: Pillow raises OSError, SyntaxError, ValueError, EOFError...

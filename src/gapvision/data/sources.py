@@ -578,11 +578,11 @@ def _class_folders(path: Path, opts: LoadOptions, notes: list[str]) -> tuple[lis
         items += files
         labels += [d.name] * len(files)
     if passed_over:
-        folders = [p for p in passed_over if p.endswith("/")]
-        what = [_count(len(passed_over) - len(folders), "file") + " of other types" if len(folders) < len(passed_over)
-                else "", _count(len(folders), "symlinked folder") + " (not entered)" if folders else ""]
-        notes.append(f"ignored {' and '.join(w for w in what if w)} under {path} (first: {passed_over[0]}); images "
-                     f"are {extensions}")
+        folders = sum(p.endswith("/") for p in passed_over)
+        files = len(passed_over) - folders
+        what = ([f"{_count(files, 'file')} of other types"] if files else []) + \
+            ([f"{_count(folders, 'symlinked folder')} (not entered)"] if folders else [])
+        notes.append(f"ignored {' and '.join(what)} under {path} (first: {passed_over[0]}); images are {extensions}")
     return items, labels
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -192,8 +192,8 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
                                    base={"batch_size": TrainConfig.batch_size, "epochs": TrainConfig.epochs})
     dopts, mopts, tcfg = split_options({"data": data, **options})  # the user's options, completed by the recipe
     say = (lambda s: None) if tcfg.quiet else print
-    for note in splits.notes if loaded_here else ():  # what was skipped or left out: on stderr, also when quiet
-        print(f"note: {note}", file=sys.stderr)
+    if loaded_here:
+        print_notes(splits.notes)
     net = build_network(mopts, len(splits.classes), pre, verbose=not tcfg.quiet)
     if net.config is not None and net.config.stem != "native" and user.get("stem") is None:
         say(f"note: {mopts.model} from scratch takes the {net.config.stem} stem (--stem; native: the builder's)")
@@ -203,6 +203,13 @@ def prepare_run(data: Any, user: dict[str, Any], seed: int = 0, *, splits: DataS
         mopts.init = initialise(net, mopts, splits, pre, seed)
     mopts.freeze = check_folded_batchnorm(net, mopts.weights, user.get("freeze"), say)
     return Prepared(splits, pre, dopts, mopts, tcfg, recipe, net)
+
+
+def print_notes(notes: Sequence[str]) -> None:
+    """What a data source skipped or left out, one ``note:`` line each on stderr, also when quiet (train, evaluate
+    and compare say them; the run keeps them too)."""
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 #: from scratch, BatchNorm momenta below this are raised to it (recorded as config.json's model.bn_momentum):
@@ -497,10 +504,11 @@ def evaluate(run: Run | str | Path, data: Any, *, split: str | None = None, out:
     """Metrics and a confusion matrix of a trained run on another dataset or split; written to ``out``.
 
     Without ``split`` a folder of class folders or a manifest is evaluated whole, a source with splits on its test
-    split (or, without one, its val split; ``result["split"]`` says which). ``split`` (train, val or test) is that split as training makes it: a source's own, or else the stratified
-    split seeded as the run's (its ``val_split`` and ``seed``), so ``split="val"`` on the folder a run trained on
-    gives back its validation images. The run's Predictor does the work (its TTA, AMP and batch size, unless
-    ``batch_size`` is given), so the figures equal those training wrote to metrics.json for the same images.
+    split (or, without one, its val split; ``result["split"]`` says which). ``split`` (train, val or test) is that
+    split as training makes it: a source's own, or else the stratified split seeded as the run's (its ``val_split``
+    and ``seed``), so ``split="val"`` on the folder a run trained on gives back its validation images. The run's
+    Predictor does the work (its TTA, AMP and batch size, unless ``batch_size`` is given), so the figures equal those
+    training wrote to metrics.json for the same images.
     """
     from ..data.sources import load_images, load_split
 

@@ -111,10 +111,11 @@ PLAIN_DEEP_NO_NORM_LR = 3e-4
 PLAIN_GROUPED_LR = 3e-3
 #: ... unless none of its residual branches ends in a normalisation layer (``grouped_no_residual``: nothing that
 #: models/residual_init.py can start as the identity; ShuffleNetV2's concatenations): its backbone then trains at
-#: PLAIN_GROUPED_NO_RESIDUAL_LR and its head at PLAIN_GROUPED_NO_RESIDUAL_HEAD_LR (``--lr 1e-2:3e-4``). builtin:shapes, 2 epochs, whitened start, ShuffleNetV2
-#: validation accuracy at seeds 0 / 1 / 2: 0.427 / 0.417 / 0.435 at 3e-3, 0.593 / 0.575 / 0.585 at 1e-2:3e-4 (0.545
-#: at 1e-2:1e-3, 0.463 at 1e-2:3e-3, 0.372 at 1e-2, 0.415 at 3e-3:3e-4, 0.448 at 6e-3:3e-4, 0.482 at 2e-2:3e-4 with
-#: seed 0). ConvNeXt (LayerNorm, not BatchNorm: no grouped rule) trains at the default 1e-3, see plain_values
+#: PLAIN_GROUPED_NO_RESIDUAL_LR and its head at PLAIN_GROUPED_NO_RESIDUAL_HEAD_LR (``--lr 1e-2:3e-4``).
+#: builtin:shapes, 2 epochs, whitened start, ShuffleNetV2 validation accuracy at seeds 0 / 1 / 2: 0.427 / 0.417 /
+#: 0.435 at 3e-3, 0.593 / 0.575 / 0.585 at 1e-2:3e-4 (0.545 at 1e-2:1e-3, 0.463 at 1e-2:3e-3, 0.372 at 1e-2, 0.415 at
+#: 3e-3:3e-4, 0.448 at 6e-3:3e-4, 0.482 at 2e-2:3e-4 with seed 0). ConvNeXt (LayerNorm, not BatchNorm: no grouped
+#: rule) trains at the default 1e-3, see plain_values
 PLAIN_GROUPED_NO_RESIDUAL_LR = 1e-2
 PLAIN_GROUPED_NO_RESIDUAL_HEAD_LR = 3e-4
 
